@@ -1,0 +1,81 @@
+//! Command-line configuration of `weft-coordinator`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "weft-coordinator",
+    version,
+    about = "weft coordinator: serves a model across tensor-parallel workers"
+)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
+    #[command(flatten)]
+    pub local: LocalArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint: a .gguf file, a .safetensors file, or a Hugging Face folder.
+    #[arg(
+        long,
+        env = "WEFT_MODEL",
+        default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
+    pub model: PathBuf,
+    /// Tensor-parallel degree (number of workers).
+    #[arg(long, env = "WEFT_TP", default_value_t = 1)]
+    pub tp: usize,
+    /// How workers obtain their shard.
+    #[arg(long, env = "WEFT_SHARD_SOURCE", value_enum, default_value_t = ShardSourceArg::Local)]
+    pub shard_source: ShardSourceArg,
+    /// Name under which the model is served (default: the file name).
+    #[arg(long, env = "WEFT_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// Milliseconds a collective may wait for a peer before the step fails.
+    #[arg(long, env = "WEFT_COLLECTIVE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub collective_timeout_ms: u32,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSourceArg {
+    /// Workers read their slices from the checkpoint path themselves.
+    Local,
+    /// The coordinator streams each worker its slices over gRPC.
+    Stream,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Address of the client API (gRPC weft.v1).
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Address of the internal cluster API that workers call.
+    #[arg(long, env = "WEFT_CLUSTER_LISTEN", default_value = "127.0.0.1:50052")]
+    pub cluster_listen: SocketAddr,
+    /// Seconds to wait for every rank to register.
+    #[arg(long, env = "WEFT_REGISTER_TIMEOUT", default_value_t = 120)]
+    pub register_timeout_s: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// Start the workers as local child processes.
+    #[arg(long, env = "WEFT_LOCAL_WORKERS", default_value_t = false)]
+    pub local_workers: bool,
+    /// The weft-worker executable (default: beside this executable).
+    #[arg(long, env = "WEFT_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+    /// Compute threads per local worker (0 = cores / tp).
+    #[arg(long, env = "WEFT_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+    /// Pass --debug-logits to local workers (tests only).
+    #[arg(long, hide = true, default_value_t = false)]
+    pub worker_debug_logits: bool,
+}

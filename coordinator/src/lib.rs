@@ -1,0 +1,15 @@
+//! The weft coordinator: opens the checkpoint and plans its tensor-parallel
+//! split, gathers the worker group (spawning local workers if asked),
+//! streams shards to workers that cannot read the checkpoint, drives every
+//! forward step across all ranks, and serves the client API.
+
+pub mod args;
+pub mod error;
+pub mod generate;
+pub mod group;
+pub mod local;
+pub mod registry;
+pub mod server;
+
+pub use args::CoordinatorArgs;
+pub use error::CoordinatorError;

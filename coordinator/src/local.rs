@@ -1,0 +1,100 @@
+//! Local worker processes for `--local-workers`: one child per rank, each
+//! told to die with the coordinator, stopped on shutdown.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::CoordinatorError;
+
+pub struct LocalWorkerConfig {
+    pub bin: PathBuf,
+    pub world_size: usize,
+    /// URL of the coordinator's cluster service.
+    pub coordinator_url: String,
+    pub threads: usize,
+    pub debug_logits: bool,
+}
+
+pub struct LocalWorkers {
+    children: Vec<Child>,
+}
+
+/// The weft-worker executable beside the running one.
+pub fn default_worker_bin() -> Result<PathBuf, CoordinatorError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| CoordinatorError::Spawn("the executable has no folder".into()))?;
+    Ok(dir.join("weft-worker"))
+}
+
+/// Compute threads per worker when not configured: the cores, shared out.
+pub fn default_threads(world_size: usize) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (cores / world_size.max(1)).max(1)
+}
+
+impl LocalWorkers {
+    /// Starts one worker per rank. Must be called from a long-lived runtime
+    /// thread: the children die with the thread that spawned them.
+    pub fn spawn(cfg: &LocalWorkerConfig) -> Result<Self, CoordinatorError> {
+        if !Path::new(&cfg.bin).is_file() {
+            return Err(CoordinatorError::Spawn(format!(
+                "worker executable {} not found (build it with `cargo build --release`, or pass --worker-bin)",
+                cfg.bin.display()
+            )));
+        }
+        let mut children = Vec::with_capacity(cfg.world_size);
+        for rank in 0..cfg.world_size {
+            let mut cmd = Command::new(&cfg.bin);
+            cmd.arg("--coordinator")
+                .arg(&cfg.coordinator_url)
+                .arg("--rank")
+                .arg(rank.to_string())
+                .arg("--threads")
+                .arg(cfg.threads.to_string())
+                .arg("--exit-with-parent")
+                .kill_on_drop(true);
+            if cfg.debug_logits {
+                cmd.arg("--debug-logits");
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| CoordinatorError::Spawn(format!("{}: {e}", cfg.bin.display())))?;
+            tracing::info!(rank, pid = child.id(), "started local worker");
+            children.push(child);
+        }
+        Ok(LocalWorkers { children })
+    }
+
+    /// Resolves when any worker exits, with its rank and status.
+    pub async fn any_exited(&mut self) -> (usize, std::io::Result<ExitStatus>) {
+        loop {
+            for (rank, c) in self.children.iter_mut().enumerate() {
+                match c.try_wait() {
+                    Ok(Some(s)) => return (rank, Ok(s)),
+                    Ok(None) => {}
+                    Err(e) => return (rank, Err(e)),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits up to `grace` for every worker to exit, then kills the rest.
+    pub async fn stop(mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        for c in &mut self.children {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left, c.wait()).await.is_err() {
+                tracing::warn!(pid = c.id(), "worker did not exit in time; killing it");
+                let _ = c.kill().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Startup and shutdown of the coordinator: checkpoint, plan, group,
+//! client API.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use weft_model::checkpoint::Checkpoint;
+use weft_model::shard::ShardPlan;
+use weft_model::tokenizer::{GgufTokenizerData, Tokenizer};
+use weft_proto::cluster::v1 as pb;
+use weft_worker::convert::config_to_proto;
+
+use crate::args::{CoordinatorArgs, ShardSourceArg};
+use crate::generate::{GenerationService, ModelRuntime};
+use crate::group::WorkerGroup;
+use crate::local::{default_threads, default_worker_bin, LocalWorkerConfig, LocalWorkers};
+use crate::registry::{Registry, RegistryService};
+use crate::CoordinatorError;
+
+/// Already-bound listeners (tests bind port 0).
+pub struct Listeners {
+    pub client: TcpListener,
+    pub cluster: TcpListener,
+}
+
+/// Called once the client API serves.
+pub type OnReady = Box<dyn FnOnce(std::net::SocketAddr) + Send>;
+
+fn load_tokenizer(ckpt: &Checkpoint) -> Result<Tokenizer, CoordinatorError> {
+    if let Some(path) = ckpt.tokenizer_json() {
+        return Ok(Tokenizer::from_hf_file(&path)?);
+    }
+    match ckpt.gguf() {
+        Some(g) => Ok(Tokenizer::from_gguf_data(GgufTokenizerData::from_gguf(g)?)?),
+        None => Err(CoordinatorError::InvalidArgument(format!(
+            "no tokenizer.json beside {}",
+            ckpt.path().display()
+        ))),
+    }
+}
+
+/// Runs the coordinator until `shutdown` resolves.
+pub async fn run(
+    args: CoordinatorArgs,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    on_ready: OnReady,
+) -> Result<(), CoordinatorError> {
+    let path = args.model.model.clone();
+    let tp = args.model.tp;
+    let (ckpt, plan, tokenizer) =
+        tokio::task::spawn_blocking(move || -> Result<_, CoordinatorError> {
+            let ckpt = Checkpoint::open(&path)?;
+            let plan = ShardPlan::for_checkpoint(&ckpt, tp)?;
+            let tokenizer = load_tokenizer(&ckpt)?;
+            Ok((Arc::new(ckpt), Arc::new(plan), tokenizer))
+        })
+        .await
+        .map_err(|e| CoordinatorError::Unavailable(format!("startup task failed: {e}")))??;
+    let config = ckpt.config().clone();
+    tracing::info!(
+        layers = config.num_layers,
+        hidden = config.hidden_size,
+        tp,
+        "checkpoint opened"
+    );
+
+    let registry = Registry::new(tp, ckpt.clone(), plan);
+    let cluster_addr = listeners.cluster.local_addr()?;
+    let cluster_server = tonic::transport::Server::builder()
+        .add_service(pb::coordinator_server::CoordinatorServer::new(
+            RegistryService(registry.clone()),
+        ))
+        .serve_with_incoming(TcpListenerStream::new(listeners.cluster));
+    let cluster_task = tokio::spawn(cluster_server);
+    let coordinator_url = format!("http://{cluster_addr}");
+
+    let mut local = if args.local.local_workers {
+        let bin = match &args.local.worker_bin {
+            Some(b) => b.clone(),
+            None => default_worker_bin()?,
+        };
+        let threads = match args.local.worker_threads {
+            0 => default_threads(tp),
+            n => n,
+        };
+        Some(LocalWorkers::spawn(&LocalWorkerConfig {
+            bin,
+            world_size: tp,
+            coordinator_url: coordinator_url.clone(),
+            threads,
+            debug_logits: args.local.worker_debug_logits,
+        })?)
+    } else {
+        None
+    };
+
+    let result = serve(
+        &args,
+        &ckpt,
+        tokenizer,
+        &registry,
+        coordinator_url,
+        listeners.client,
+        local.as_mut(),
+        shutdown,
+        on_ready,
+    )
+    .await;
+    cluster_task.abort();
+    if let Some(l) = local {
+        l.stop(Duration::from_secs(5)).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    args: &CoordinatorArgs,
+    ckpt: &Checkpoint,
+    tokenizer: Tokenizer,
+    registry: &Registry,
+    coordinator_url: String,
+    client: TcpListener,
+    local: Option<&mut LocalWorkers>,
+    shutdown: impl Future<Output = ()>,
+    on_ready: OnReady,
+) -> Result<(), CoordinatorError> {
+    let timeout = Duration::from_secs(args.net.register_timeout_s);
+    let members = match local {
+        Some(l) => tokio::select! {
+            m = registry.wait_complete(timeout) => m,
+            (rank, status) = l.any_exited() => {
+                return Err(CoordinatorError::Spawn(format!("local worker {rank} exited during startup: {status:?}")));
+            }
+        },
+        None => registry.wait_complete(timeout).await,
+    }
+    .ok_or_else(|| CoordinatorError::Unavailable(format!("not every rank registered within {timeout:?}")))?;
+
+    let group = WorkerGroup::connect(&members).await?;
+    let config = ckpt.config().clone();
+    let load = pb::LoadRequest {
+        world_size: args.model.tp as u32,
+        peer_comm_addrs: members.iter().map(|m| m.comm_addr.clone()).collect(),
+        config: Some(config_to_proto(&config)),
+        source: match args.model.shard_source {
+            ShardSourceArg::Local => pb::ShardSource::LocalPath,
+            ShardSourceArg::Stream => pb::ShardSource::Stream,
+        } as i32,
+        checkpoint_path: std::path::absolute(ckpt.path())?.display().to_string(),
+        format: match ckpt.format() {
+            weft_model::checkpoint::Format::Gguf => pb::CheckpointFormat::Gguf,
+            weft_model::checkpoint::Format::Safetensors => pb::CheckpointFormat::Safetensors,
+        } as i32,
+        coordinator_addr: coordinator_url,
+        eos_token_ids: config.eos_token_ids.clone(),
+        session: rand::random(),
+        collective_timeout_ms: args.model.collective_timeout_ms,
+        ..Default::default()
+    };
+    let loaded = group.load(&load).await?;
+    for l in &loaded {
+        tracing::info!(
+            rank = l.rank,
+            bytes = l.shard_bytes,
+            digest = format!("{:016x}", l.shard_digest),
+            "rank loaded"
+        );
+    }
+
+    let name = args
+        .model
+        .model_name
+        .clone()
+        .unwrap_or_else(|| model_name(ckpt));
+    let runtime = ModelRuntime::new(name, config, tokenizer, group);
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Unavailable(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| CoordinatorError::Unavailable(format!("reflection: {e}")))?;
+    let addr = client.local_addr()?;
+    let server = tonic::transport::Server::builder()
+        .add_service(weft_proto::v1::generation_server::GenerationServer::new(
+            GenerationService(runtime.clone()),
+        ))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(client), shutdown);
+    tracing::info!(%addr, "serving the client API");
+    on_ready(addr);
+    server.await?;
+    tracing::info!("shutting down the worker group");
+    runtime.shutdown_workers().await;
+    Ok(())
+}
+
+fn model_name(ckpt: &Checkpoint) -> String {
+    let p = ckpt.path();
+    let stem = if p.is_dir() {
+        p.file_name()
+    } else {
+        p.file_stem()
+    };
+    stem.map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}

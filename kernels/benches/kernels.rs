@@ -1,0 +1,103 @@
+//! Throughput of the decode-path kernels on SmolLM-135M-like shapes.
+//! Run: `cargo bench -p weft-kernels` (plain timing harness, no extra dependencies).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use weft_kernels::{attention, cpu_isa, matmul, AttentionShape, DType, Matrix};
+
+/// Deterministic pseudo-random bytes (xorshift), with sane f16 scales for the blocks.
+fn weight_bytes(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
+    let len = rows * dtype.row_bytes(cols).expect("shape");
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut b: Vec<u8> = (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8 & 0x3F // keeps every f16/bf16/f32 finite
+        })
+        .collect();
+    if dtype.is_quantized() {
+        for blk in b.chunks_exact_mut(dtype.block_bytes()) {
+            blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        }
+    }
+    b
+}
+
+/// Best of 5 rounds of ~50 ms each (robust to other load on the machine).
+fn time<F: FnMut()>(mut f: F) -> f64 {
+    f();
+    let mut iters = 1u32;
+    let mut best = f64::INFINITY;
+    let mut rounds = 0;
+    while rounds < 5 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        let el = t.elapsed().as_secs_f64();
+        if el < 0.05 {
+            iters *= 2;
+            continue;
+        }
+        best = best.min(el / f64::from(iters));
+        rounds += 1;
+    }
+    best
+}
+
+fn bench_matmul(dtype: DType, rows: usize, cols: usize, n: usize) {
+    let w = Matrix::from_bytes(dtype, rows, cols, &weight_bytes(dtype, rows, cols)).expect("w");
+    let x: Vec<f32> = (0..n * cols)
+        .map(|i| ((i % 17) as f32 - 8.0) * 0.1)
+        .collect();
+    let mut out = vec![0f32; n * rows];
+    let t = time(|| matmul(black_box(&w), black_box(&x), n, &mut out).expect("matmul"));
+    let bytes = (rows * dtype.row_bytes(cols).expect("row")) as f64;
+    println!(
+        "matmul {:5} {rows:6}x{cols:5} n={n:3}: {:9.1} us  {:6.2} GB/s weights  {:7.2} GFLOP/s",
+        dtype.name(),
+        t * 1e6,
+        bytes / t / 1e9,
+        2.0 * (rows * cols * n) as f64 / t / 1e9
+    );
+}
+
+fn main() {
+    println!(
+        "isa: {}, threads: {}",
+        cpu_isa(),
+        rayon::current_num_threads()
+    );
+    let only = std::env::var("WEFT_BENCH_DTYPE").ok();
+    for dtype in [
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::F16,
+        DType::BF16,
+        DType::F32,
+    ] {
+        if only.as_deref().is_some_and(|o| o != dtype.name()) {
+            continue;
+        }
+        for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+            bench_matmul(dtype, rows, cols, 1);
+        }
+        bench_matmul(dtype, 1536, 576, 64);
+    }
+    let s = AttentionShape {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+    };
+    for kv in [128, 1024] {
+        let q = vec![0.01f32; 9 * 64];
+        let k = vec![0.02f32; kv * 3 * 64];
+        let mut out = vec![0f32; q.len()];
+        let t = time(|| attention(&q, &k, &k, s, 1, kv - 1, &mut out).expect("attn"));
+        println!("attention decode kv={kv}: {:.1} us", t * 1e6);
+    }
+}

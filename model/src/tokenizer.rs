@@ -1,0 +1,673 @@
+//! Tokenizer: a thin layer over the `tokenizers` crate, built either from a
+//! Hugging Face `tokenizer.json` or from the `tokenizer.ggml.*` metadata of a
+//! GGUF file (gpt2-style byte-level BPE), plus an incremental decoder that
+//! streams valid UTF-8 text deltas token by token.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::decoders::byte_level::ByteLevel;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::SplitDelimiterBehavior;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+use crate::gguf::{GgufFile, GgufValue};
+
+/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// The llama-3 ("llama-bpe") pre-tokenizer regex, as in Hugging Face's
+/// tokenizer.json for those models.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("failed to load tokenizer from {path}: {msg}")]
+    Load { path: PathBuf, msg: String },
+    #[error("unsupported tokenizer: {0}")]
+    Unsupported(String),
+    #[error("GGUF metadata key {0} is missing or has the wrong type")]
+    MissingMetadata(&'static str),
+    #[error("invalid tokenizer data: {0}")]
+    Invalid(String),
+    #[error("failed to build tokenizer: {0}")]
+    Build(String),
+    #[error("encode failed: {0}")]
+    Encode(String),
+    #[error("decode failed: {0}")]
+    Decode(String),
+    #[error("token id {id} is not in the vocabulary (size {vocab_size})")]
+    UnknownId { id: u32, vocab_size: usize },
+}
+
+/// The `tokenizer.ggml.*` metadata of a GGUF file.
+#[derive(Clone, Debug, Default)]
+pub struct GgufTokenizerData {
+    /// `tokenizer.ggml.model`: "gpt2" (byte-level BPE) is supported.
+    pub model: String,
+    /// `tokenizer.ggml.pre`: the pre-tokenizer name llama.cpp uses.
+    pub pre: Option<String>,
+    pub tokens: Vec<String>,
+    /// One per token; may be empty (all tokens normal).
+    pub token_types: Vec<i32>,
+    /// "left right" pairs, by rank.
+    pub merges: Vec<String>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub add_bos: bool,
+}
+
+impl GgufTokenizerData {
+    /// Reads the tokenizer metadata of a GGUF file.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        use TokenizerError::MissingMetadata as Missing;
+        let strings = |key: &'static str| -> Result<Vec<String>, TokenizerError> {
+            let list = file.get_str_array(key).ok_or(Missing(key))?;
+            Ok(list.into_iter().map(str::to_owned).collect())
+        };
+        // Optional keys: absent is fine, present with the wrong type is not.
+        let has = |key| file.get(key).is_some();
+        let token_types = match has("tokenizer.ggml.token_type") {
+            false => Vec::new(),
+            true => file
+                .get_i32_array("tokenizer.ggml.token_type")
+                .ok_or(Missing("tokenizer.ggml.token_type"))?,
+        };
+        let merges = match has("tokenizer.ggml.merges") {
+            false => Vec::new(),
+            true => strings("tokenizer.ggml.merges")?,
+        };
+        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+            None => false,
+            Some(GgufValue::Bool(b)) => *b,
+            Some(_) => return Err(Missing("tokenizer.ggml.add_bos_token")),
+        };
+        let model = file
+            .get_str("tokenizer.ggml.model")
+            .ok_or(Missing("tokenizer.ggml.model"))?;
+        Ok(Self {
+            model: model.to_owned(),
+            pre: file.get_str("tokenizer.ggml.pre").map(str::to_owned),
+            tokens: strings("tokenizer.ggml.tokens")?,
+            token_types,
+            merges,
+            bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id"),
+            eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id"),
+            add_bos,
+        })
+    }
+}
+
+/// Which pre-tokenizer a GGUF `tokenizer.ggml.pre` name selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PreKind {
+    /// The gpt2 regex.
+    Gpt2,
+    /// Every `\p{N}` isolated, then the gpt2 regex (smollm, starcoder, refact).
+    DigitsGpt2,
+    /// The llama-3 regex (digits in groups of up to three), merges ignored
+    /// for words already in the vocabulary.
+    Llama3,
+}
+
+fn pre_kind(pre: Option<&str>) -> PreKind {
+    match pre {
+        None | Some("default" | "gpt2" | "gpt-2" | "mpt" | "olmo") => PreKind::Gpt2,
+        Some("smollm" | "starcoder" | "refact") => PreKind::DigitsGpt2,
+        Some("llama-bpe" | "llama3" | "llama-v3") => PreKind::Llama3,
+        Some(other) => {
+            tracing::warn!(
+                pre = other,
+                "unknown tokenizer.ggml.pre; using the gpt2 pre-tokenizer"
+            );
+            PreKind::Gpt2
+        }
+    }
+}
+
+/// A text tokenizer.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Prepended by `encode(.., add_special_tokens = true)` (GGUF only; a
+    /// tokenizer.json carries its own post-processor).
+    bos_to_add: Option<u32>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<u32>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos_token_id", &self.bos_token_id)
+            .field("eos_token_id", &self.eos_token_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    /// Loads a Hugging Face `tokenizer.json`.
+    pub fn from_hf_file(path: &Path) -> Result<Self, TokenizerError> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
+            path: path.to_owned(),
+            msg: e.to_string(),
+        })?;
+        Ok(Self {
+            inner,
+            bos_to_add: None,
+            bos_token_id: None,
+            eos_token_id: None,
+        })
+    }
+
+    /// Builds a byte-level BPE tokenizer from GGUF tokenizer metadata.
+    pub fn from_gguf_data(data: GgufTokenizerData) -> Result<Self, TokenizerError> {
+        if data.model != "gpt2" {
+            return Err(TokenizerError::Unsupported(format!(
+                "tokenizer.ggml.model = {:?}: only gpt2-style byte-level BPE is supported \
+                 (sentencepiece / \"llama\" vocabularies are not supported yet)",
+                data.model
+            )));
+        }
+        if data.tokens.is_empty() {
+            return Err(TokenizerError::Invalid("empty vocabulary".into()));
+        }
+        let n = data.tokens.len();
+        if u32::try_from(n).is_err() {
+            return Err(TokenizerError::Invalid(format!(
+                "vocabulary too large: {n}"
+            )));
+        }
+        if !data.token_types.is_empty() && data.token_types.len() != n {
+            return Err(TokenizerError::Invalid(format!(
+                "{} token types for {n} tokens",
+                data.token_types.len()
+            )));
+        }
+        for (name, id) in [("bos", data.bos_token_id), ("eos", data.eos_token_id)] {
+            if let Some(id) = id.filter(|&id| id as usize >= n) {
+                return Err(TokenizerError::Invalid(format!(
+                    "{name} token id {id} out of range (vocab size {n})"
+                )));
+            }
+        }
+
+        let mut vocab = Vocab::default();
+        let mut duplicates = 0usize;
+        for (id, tok) in (0u32..).zip(&data.tokens) {
+            if vocab.contains_key(tok) {
+                duplicates += 1;
+            } else {
+                vocab.insert(tok.clone(), id);
+            }
+        }
+        if duplicates > 0 {
+            tracing::warn!(
+                duplicates,
+                "GGUF vocabulary has duplicate token strings; keeping the first"
+            );
+        }
+        let merges = data
+            .merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| TokenizerError::Invalid(format!("malformed merge {m:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let kind = pre_kind(data.pre.as_deref());
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(kind == PreKind::Llama3)
+            .build()
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+
+        let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex);
+        let pre_tokenizer: PreTokenizerWrapper = match kind {
+            PreKind::Gpt2 => byte_level(true).into(),
+            PreKind::DigitsGpt2 => {
+                Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
+            }
+            PreKind::Llama3 => {
+                let split = Split::new(
+                    SplitPattern::Regex(LLAMA3_PATTERN.to_owned()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| TokenizerError::Build(e.to_string()))?;
+                Sequence::new(vec![split.into(), byte_level(false).into()]).into()
+            }
+        };
+
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(ByteLevel::default()));
+        let added = |ty: i32, special: bool| {
+            data.tokens
+                .iter()
+                .zip(&data.token_types)
+                .filter(|(_, &t)| t == ty)
+                .map(|(tok, _)| AddedToken::from(tok.clone(), special).normalized(false))
+                .collect::<Vec<_>>()
+        };
+        inner.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
+        inner.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
+
+        Ok(Self {
+            inner,
+            bos_to_add: if data.add_bos {
+                data.bos_token_id
+            } else {
+                None
+            },
+            bos_token_id: data.bos_token_id,
+            eos_token_id: data.eos_token_id,
+        })
+    }
+
+    /// Loads the tokenizer of a GGUF file.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        Self::from_gguf_data(GgufTokenizerData::from_gguf(file)?)
+    }
+
+    /// Encodes `text`. Special tokens written in the text (e.g.
+    /// `<|im_start|>`) become single tokens either way; `add_special_tokens`
+    /// adds BOS where the model asks for it.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .inner
+            .encode_fast(text, add_special_tokens)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let ids = enc.get_ids();
+        match self.bos_to_add.filter(|_| add_special_tokens) {
+            Some(bos) => {
+                let mut out = Vec::with_capacity(ids.len() + 1);
+                out.push(bos);
+                out.extend_from_slice(ids);
+                Ok(out)
+            }
+            None => Ok(ids.to_vec()),
+        }
+    }
+
+    /// Decodes `ids` (special tokens included) into text; invalid UTF-8 is
+    /// replaced by U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        if let Some(&id) = ids.iter().find(|&&id| self.inner.id_to_token(id).is_none()) {
+            return Err(TokenizerError::UnknownId {
+                id,
+                vocab_size: self.vocab_size(),
+            });
+        }
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| TokenizerError::Decode(e.to_string()))
+    }
+
+    /// The number of token ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, s: &str) -> Option<u32> {
+        self.inner.token_to_id(s)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
+    }
+
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token_id
+    }
+}
+
+/// Streams text: each `push` returns the new text delta, always valid UTF-8;
+/// bytes of an incomplete multi-byte character are held back until complete.
+///
+/// It decodes the tail window `tokens[prefix_offset..]` and emits only the
+/// part after what the window had already produced (`tokens[prefix_offset..
+/// read_offset]`), and only when it does not end in U+FFFD.
+pub struct IncrementalDecoder<'a> {
+    tok: &'a Tokenizer,
+    tokens: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl<'a> IncrementalDecoder<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        Self {
+            tok,
+            tokens: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
+    }
+
+    /// Adds one token; returns the text it completes (possibly empty).
+    pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
+        self.tokens.push(id);
+        let delta = self.delta().inspect_err(|_| {
+            // Leave the state as it was: an unknown id is not kept.
+            self.tokens.pop();
+        })?;
+        match delta {
+            Some(d) if !d.ends_with('\u{FFFD}') => {
+                self.advance();
+                Ok(d)
+            }
+            _ => Ok(String::new()),
+        }
+    }
+
+    /// Flushes whatever is held back (incomplete bytes become U+FFFD).
+    pub fn finish(&mut self) -> Result<String, TokenizerError> {
+        let delta = self.delta()?.unwrap_or_default();
+        self.advance();
+        Ok(delta)
+    }
+
+    /// The text after what was emitted, or None when there is none yet.
+    fn delta(&self) -> Result<Option<String>, TokenizerError> {
+        let window = &self.tokens[self.prefix_offset..];
+        let emitted = self
+            .tok
+            .decode(&window[..self.read_offset - self.prefix_offset])?;
+        let full = self.tok.decode(window)?;
+        if full.len() <= emitted.len() {
+            return Ok(None);
+        }
+        Ok(Some(match full.strip_prefix(emitted.as_str()) {
+            Some(rest) => rest.to_owned(),
+            // The window's decode does not extend the emitted text (a decoder
+            // that rewrites earlier text): emit the part past the emitted
+            // length, at a char boundary.
+            None => {
+                let mut cut = emitted.len();
+                while !full.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                full[cut..].to_owned()
+            }
+        }))
+    }
+
+    fn advance(&mut self) {
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.tokens.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    fn enc(tok: &Tokenizer, text: &str) -> Vec<u32> {
+        tok.encode(text, false).expect("encode")
+    }
+
+    fn dec(tok: &Tokenizer, ids: &[u32]) -> String {
+        tok.decode(ids).expect("decode")
+    }
+
+    fn roundtrip(tok: &Tokenizer, text: &str) -> Vec<u32> {
+        let ids = enc(tok, text);
+        assert_eq!(dec(tok, &ids), text, "ids {ids:?}");
+        ids
+    }
+
+    /// A small byte-level BPE: two specials, the 256 GPT-2 byte chars (in
+    /// byte order, so byte b is id 2 + b), then `extra`.
+    fn synthetic(pre: Option<&str>, extra: &[&str], merges: &[&str]) -> GgufTokenizerData {
+        let printable = |b: u32| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+        let mut shifted = 255;
+        let bytes = (0u32..256).map(|b| {
+            shifted += u32::from(!printable(b));
+            let c = if printable(b) { b } else { shifted };
+            char::from_u32(c).map(String::from).unwrap_or_default()
+        });
+        let mut tokens = vec!["<|endoftext|>".to_owned(), "<|im_start|>".to_owned()];
+        tokens.extend(bytes.chain(extra.iter().map(|s| s.to_string())));
+        let mut token_types = vec![1; tokens.len()];
+        token_types[..2].fill(TOKEN_TYPE_CONTROL);
+        GgufTokenizerData {
+            model: "gpt2".into(),
+            pre: pre.map(str::to_owned),
+            tokens,
+            token_types,
+            merges: merges.iter().map(|s| s.to_string()).collect(),
+            bos_token_id: Some(1),
+            eos_token_id: Some(0),
+            add_bos: false,
+        }
+    }
+
+    fn build(data: GgufTokenizerData) -> Tokenizer {
+        Tokenizer::from_gguf_data(data).expect("synthetic tokenizer")
+    }
+
+    fn small() -> Tokenizer {
+        let merges = ["h e", "Ġ t", "Ġt he", "1 2"];
+        build(synthetic(
+            Some("smollm"),
+            &["he", "Ġt", "Ġthe", "12"],
+            &merges,
+        ))
+    }
+
+    /// Streams `ids` through an IncrementalDecoder; checks every delta is
+    /// free of U+FFFD and that they add up to the full decode.
+    fn stream(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
+        let mut inc = IncrementalDecoder::new(tok);
+        let mut deltas: Vec<String> = ids.iter().map(|&id| inc.push(id).expect("push")).collect();
+        deltas.push(inc.finish().expect("finish"));
+        assert!(!deltas.iter().any(|d| d.contains('\u{FFFD}')), "{deltas:?}");
+        assert_eq!(deltas.concat(), dec(tok, ids));
+        deltas
+    }
+
+    #[test]
+    fn synthetic_encode_decode() {
+        let tok = small();
+        assert_eq!(tok.vocab_size(), 2 + 256 + 4);
+        assert_eq!(
+            roundtrip(&tok, "a the"),
+            [2 + 97, tok.token_to_id("Ġthe").expect("Ġthe")]
+        );
+        // smollm: every digit is its own pre-token, so the "1 2" merge never applies.
+        assert_eq!(roundtrip(&tok, "12"), [2 + 49, 2 + 50]);
+        let ids = roundtrip(&tok, "<|im_start|>user\nhé 🦀 東京<|endoftext|>");
+        assert_eq!((ids[0], ids.last()), (1, Some(&0)));
+        assert!(roundtrip(&tok, "").is_empty());
+        let mut data = synthetic(None, &[], &[]);
+        data.add_bos = true;
+        let tok = build(data);
+        assert_eq!(
+            tok.encode("hi", true).expect("encode"),
+            [1, 2 + 104, 2 + 105]
+        );
+        assert_eq!(enc(&tok, "hi"), [2 + 104, 2 + 105]);
+    }
+
+    #[test]
+    fn pre_tokenizer_variants() {
+        // gpt2 keeps digit runs together, so the merge applies.
+        let tok = build(synthetic(Some("gpt2"), &["12"], &["1 2"]));
+        assert_eq!(roundtrip(&tok, "12"), [tok.token_to_id("12").expect("12")]);
+        // llama-bpe: digits in groups of three; "123" is in the vocabulary
+        // (merges ignored), then "4", "5" as bytes.
+        let tok = build(synthetic(Some("llama-bpe"), &["123"], &[]));
+        assert_eq!(roundtrip(&tok, "12345"), [2 + 256, 2 + 52, 2 + 53]);
+        // Unknown names fall back to gpt2.
+        let tok = build(synthetic(Some("no-such-pre"), &["12"], &["1 2"]));
+        assert_eq!(roundtrip(&tok, "12").len(), 1);
+    }
+
+    #[test]
+    fn errors_are_reported() {
+        let mut data = synthetic(None, &[], &[]);
+        data.model = "llama".into();
+        let err = Tokenizer::from_gguf_data(data).expect_err("llama is unsupported");
+        assert!(matches!(err, TokenizerError::Unsupported(_)), "{err}");
+        let bad_merge = synthetic(None, &[], &["nospace"]);
+        let err = Tokenizer::from_gguf_data(bad_merge).expect_err("bad merge");
+        assert!(matches!(err, TokenizerError::Invalid(_)), "{err}");
+        let mut bad_types = synthetic(None, &[], &[]);
+        bad_types.token_types.pop();
+        let err = Tokenizer::from_gguf_data(bad_types).expect_err("bad types");
+        assert!(matches!(err, TokenizerError::Invalid(_)), "{err}");
+        let tok = small();
+        let err = tok.decode(&[5, 1_000_000]).expect_err("unknown id");
+        assert!(
+            matches!(err, TokenizerError::UnknownId { id: 1_000_000, .. }),
+            "{err}"
+        );
+        let mut inc = IncrementalDecoder::new(&tok);
+        assert!(inc.push(1_000_000).is_err());
+        assert_eq!(inc.push(2 + 97).expect("push after error"), "a");
+        let missing = Path::new("/nonexistent/tokenizer.json");
+        let err = Tokenizer::from_hf_file(missing).expect_err("missing file");
+        assert!(matches!(err, TokenizerError::Load { .. }), "{err}");
+    }
+
+    #[test]
+    fn incremental_holds_back_split_characters() {
+        let tok = small();
+        // No merges for these: each byte is its own token.
+        let ids = enc(&tok, "a🦀é東");
+        let want = ["a", "", "", "", "🦀", "", "é", "", "", "東", ""];
+        assert_eq!(stream(&tok, &ids), want);
+    }
+
+    #[test]
+    fn incremental_finish_flushes_incomplete_bytes() {
+        let tok = small();
+        let ids = enc(&tok, "x🦀");
+        let mut inc = IncrementalDecoder::new(&tok);
+        let out: Vec<String> = ids[..3]
+            .iter()
+            .map(|&id| inc.push(id).expect("push"))
+            .collect();
+        assert_eq!(out.concat(), "x");
+        let rest = inc.finish().expect("finish");
+        assert!(rest.contains('\u{FFFD}'), "{rest:?}");
+        assert_eq!(inc.finish().expect("finish again"), "");
+    }
+
+    #[test]
+    fn hf_file_matches_gguf_build() {
+        let tok = small();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenizer.json");
+        tok.inner.save(&path, false).expect("save tokenizer.json");
+        let hf = Tokenizer::from_hf_file(&path).expect("load tokenizer.json");
+        for text in ["a the 12", "<|im_start|>hé 🦀"] {
+            assert_eq!(enc(&hf, text), enc(&tok, text), "{text}");
+        }
+        assert_eq!(hf.vocab_size(), tok.vocab_size());
+    }
+
+    // ---- against the real SmolLM2 GGUF (skipped when it is absent) ----
+
+    fn repo_path(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    }
+
+    fn smollm2() -> Option<&'static Tokenizer> {
+        static TOK: OnceLock<Option<Tokenizer>> = OnceLock::new();
+        TOK.get_or_init(|| {
+            let path = repo_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+            if !path.exists() {
+                eprintln!(
+                    "skipping: {} absent (scripts/fetch-model.sh)",
+                    path.display()
+                );
+                return None;
+            }
+            let file = GgufFile::open(&path).expect("open gguf");
+            Some(Tokenizer::from_gguf(&file).expect("tokenizer from gguf"))
+        })
+        .as_ref()
+    }
+
+    #[test]
+    fn smollm2_golden_prompt_ids() {
+        let Some(tok) = smollm2() else { return };
+        let path = repo_path("tests/golden/smollm2_greedy.json");
+        let text = std::fs::read_to_string(&path).expect("golden file");
+        let golden: serde_json::Value = serde_json::from_str(&text).expect("golden json");
+        let prompts = golden["prompts"].as_array().expect("prompts");
+        assert!(prompts.len() >= 5);
+        let ids_of = |v: &serde_json::Value| -> Vec<u32> {
+            let arr = v.as_array().expect("id array");
+            let id = |x: &serde_json::Value| x.as_u64().and_then(|x| u32::try_from(x).ok());
+            arr.iter().map(|x| id(x).expect("id")).collect()
+        };
+        for p in prompts {
+            let prompt = p["prompt"].as_str().expect("prompt");
+            let want = ids_of(&p["prompt_ids"]);
+            assert_eq!(enc(tok, prompt), want, "{prompt:?}");
+            // add_bos_token is false for this model: no BOS either way.
+            assert_eq!(
+                tok.encode(prompt, true).expect("encode"),
+                want,
+                "{prompt:?}"
+            );
+            assert_eq!(dec(tok, &want), prompt);
+            let generated = ids_of(&p["tokens"]);
+            let text = dec(tok, &generated);
+            assert_eq!(text, p["text"].as_str().expect("text"));
+            assert_eq!(stream(tok, &generated).concat(), text);
+        }
+    }
+
+    #[test]
+    fn smollm2_roundtrip_and_specials() {
+        let Some(tok) = smollm2() else { return };
+        assert_eq!(tok.vocab_size(), 49152);
+        assert_eq!((tok.bos_token_id(), tok.eos_token_id()), (Some(1), Some(2)));
+        for text in [
+            "Hello, world! The quick brown fox jumps over the lazy dog.",
+            "  leading spaces\tand\ttabs\n\nnew lines  ",
+            "naïve café, Übermaß, Ελληνικά, русский, 日本語のテキスト, 한국어",
+            "emoji: 🦀🚀👩‍👩‍👧‍👦 🇫🇷 ❤️",
+            "<|im_start|>user\nHi 👋<|im_end|>\n<|im_start|>assistant\n",
+            "digits 1234567890 3.14159",
+        ] {
+            roundtrip(tok, text);
+        }
+        assert_eq!(enc(tok, "<|im_start|>user<|im_end|>"), [1, 4093, 2]);
+        // \p{N} pieces are single digits.
+        assert_eq!(enc(tok, "2024").len(), 4);
+    }
+
+    #[test]
+    fn smollm2_incremental_emoji_and_cjk() {
+        let Some(tok) = smollm2() else { return };
+        for text in [
+            "Crab 🦀 and 🚀 and 🗼!",
+            "東京タワーは日本の電波塔です。",
+            "👩‍👩‍👧‍👦🇫🇷",
+        ] {
+            let deltas = stream(tok, &enc(tok, text));
+            assert_eq!(deltas.concat(), text);
+            if text.starts_with("Crab") {
+                assert!(
+                    deltas.iter().any(String::is_empty),
+                    "nothing held back: {deltas:?}"
+                );
+            }
+        }
+    }
+}

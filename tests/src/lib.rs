@@ -1,0 +1,1 @@
+//! Integration tests of weft live in `tests/tests`; shared helpers in `tests/tests/common`.

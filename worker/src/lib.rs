@@ -1,0 +1,14 @@
+//! A weft worker: holds one tensor-parallel rank. It registers with the
+//! coordinator, joins its peers' collective group, loads its shard (from a
+//! checkpoint path it can read, or streamed by the coordinator) and runs
+//! forward steps on a dedicated engine thread.
+
+pub mod args;
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod service;
+pub mod shard_stream;
+
+pub use args::WorkerArgs;
+pub use error::WorkerError;

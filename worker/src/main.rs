@@ -1,0 +1,65 @@
+use clap::Parser;
+use weft_worker::WorkerArgs;
+
+fn main() -> anyhow::Result<()> {
+    let args = WorkerArgs::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if args.exit_with_parent {
+        exit_with_parent();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(weft_worker::service::run(args, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Asks the kernel to kill this process when its parent dies, so a
+/// coordinator that is killed leaves no orphan workers behind.
+fn exit_with_parent() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integer arguments and
+        // touches no memory of this process.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!("prctl(PR_SET_PDEATHSIG) failed");
+        }
+        // The parent may have died before the call: then we were re-parented.
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } == 1 {
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The worker's gRPC service (`weft.cluster.v1.Worker`) and its startup:
+//! bind, register with the coordinator, serve until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+use weft_model::checkpoint::Checkpoint;
+use weft_model::comm::{Communicator, SingleRank, TcpComm, TcpCommConfig};
+use weft_model::llama::RankModel;
+use weft_model::shard::{read_shard, Shard, ShardPlan};
+use weft_proto::cluster::v1 as pb;
+use weft_proto::cluster::v1::worker_server::{Worker, WorkerServer};
+
+use crate::convert::config_from_proto;
+use crate::engine::{EngineConfig, EngineHandle};
+use crate::{shard_stream, WorkerArgs, WorkerError};
+
+#[derive(Clone, Debug)]
+enum Phase {
+    Waiting,
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+struct State {
+    rank: u32,
+    threads: usize,
+    debug_logits: bool,
+    phase: Mutex<Phase>,
+    comm_listener: Mutex<Option<std::net::TcpListener>>,
+    engine: Mutex<Option<EngineHandle>>,
+    shutdown: Arc<Notify>,
+}
+
+/// The `Worker` service of one rank.
+#[derive(Clone)]
+pub struct WorkerService {
+    state: Arc<State>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WorkerService {
+    pub fn new(
+        args: &WorkerArgs,
+        comm_listener: std::net::TcpListener,
+        shutdown: Arc<Notify>,
+    ) -> Self {
+        WorkerService {
+            state: Arc::new(State {
+                rank: args.rank,
+                threads: args.threads,
+                debug_logits: args.debug_logits,
+                phase: Mutex::new(Phase::Waiting),
+                comm_listener: Mutex::new(Some(comm_listener)),
+                engine: Mutex::new(None),
+                shutdown,
+            }),
+        }
+    }
+
+    fn set_phase(&self, p: Phase) {
+        *lock(&self.state.phase) = p;
+    }
+
+    async fn load(&self, req: pb::LoadRequest) -> Result<pb::LoadResponse, WorkerError> {
+        let (rank, world) = (req.rank as usize, req.world_size as usize);
+        if req.rank != self.state.rank
+            || world == 0
+            || rank >= world
+            || req.peer_comm_addrs.len() != world
+        {
+            return Err(WorkerError::InvalidArgument(format!(
+                "load for rank {rank}/{world} with {} peers sent to the worker of rank {}",
+                req.peer_comm_addrs.len(),
+                self.state.rank
+            )));
+        }
+        let cfg = req
+            .config
+            .as_ref()
+            .ok_or_else(|| WorkerError::InvalidArgument("missing model config".into()))?;
+        let cfg = config_from_proto(cfg, &req.eos_token_ids)?;
+        let shard = self.obtain_shard(&req, rank, world).await?;
+        let digest = shard.digest();
+        let bytes = shard.total_bytes();
+        let listener = lock(&self.state.comm_listener)
+            .take()
+            .ok_or_else(|| WorkerError::NotReady("this worker was loaded already".into()))?;
+        let comm_cfg = comm_config(&req, rank, world)?;
+        let (model, comm) = tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
+            let model = RankModel::from_shard(&cfg, &shard)?;
+            let comm: Box<dyn Communicator> = if world == 1 {
+                Box::new(SingleRank)
+            } else {
+                Box::new(TcpComm::connect(listener, comm_cfg, req.session)?)
+            };
+            Ok((model, comm))
+        })
+        .await
+        .map_err(|e| WorkerError::NotReady(format!("load task failed: {e}")))??;
+        let engine = EngineHandle::spawn(
+            model,
+            comm,
+            EngineConfig {
+                threads: self.state.threads,
+                debug_logits: self.state.debug_logits,
+            },
+        )?;
+        *lock(&self.state.engine) = Some(engine);
+        tracing::info!(rank, world, bytes, "shard loaded, rank ready");
+        Ok(pb::LoadResponse {
+            rank: rank as u32,
+            shard_digest: digest,
+            shard_bytes: bytes,
+        })
+    }
+
+    async fn obtain_shard(
+        &self,
+        req: &pb::LoadRequest,
+        rank: usize,
+        world: usize,
+    ) -> Result<Shard, WorkerError> {
+        match pb::ShardSource::try_from(req.source) {
+            Ok(pb::ShardSource::LocalPath) => {
+                let path = PathBuf::from(&req.checkpoint_path);
+                tokio::task::spawn_blocking(move || -> Result<Shard, WorkerError> {
+                    let ckpt = Checkpoint::open(&path)?;
+                    let plan = ShardPlan::for_checkpoint(&ckpt, world)?;
+                    Ok(read_shard(&ckpt, &plan, rank)?)
+                })
+                .await
+                .map_err(|e| WorkerError::NotReady(format!("shard read task failed: {e}")))?
+            }
+            Ok(pb::ShardSource::Stream) => {
+                shard_stream::fetch_shard(&req.coordinator_addr, rank, world).await
+            }
+            _ => Err(WorkerError::InvalidArgument("unknown shard source".into())),
+        }
+    }
+
+    fn engine(&self) -> Result<EngineHandle, WorkerError> {
+        lock(&self.state.engine)
+            .clone()
+            .ok_or_else(|| WorkerError::NotReady("no shard loaded".into()))
+    }
+}
+
+fn comm_config(
+    req: &pb::LoadRequest,
+    rank: usize,
+    world: usize,
+) -> Result<TcpCommConfig, WorkerError> {
+    let peers = req
+        .peer_comm_addrs
+        .iter()
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .map_err(|e| WorkerError::InvalidArgument(format!("peer address {a:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let timeout = Duration::from_millis(u64::from(req.collective_timeout_ms.max(1000)));
+    Ok(TcpCommConfig {
+        rank,
+        world_size: world,
+        peers,
+        connect_timeout: Duration::from_secs(60),
+        op_timeout: timeout,
+    })
+}
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    async fn load(
+        &self,
+        request: Request<pb::LoadRequest>,
+    ) -> Result<Response<pb::LoadResponse>, Status> {
+        self.set_phase(Phase::Loading);
+        match WorkerService::load(self, request.into_inner()).await {
+            Ok(r) => {
+                self.set_phase(Phase::Ready);
+                Ok(Response::new(r))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "load failed");
+                self.set_phase(Phase::Failed(e.to_string()));
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn step(
+        &self,
+        request: Request<pb::StepRequest>,
+    ) -> Result<Response<pb::StepResponse>, Status> {
+        let engine = self.engine()?;
+        Ok(Response::new(engine.step(request.into_inner()).await?))
+    }
+
+    async fn health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        let phase = lock(&self.state.phase).clone();
+        let (state, detail) = match phase {
+            Phase::Waiting => (pb::WorkerState::Waiting, String::new()),
+            Phase::Loading => (pb::WorkerState::Loading, String::new()),
+            Phase::Ready => (pb::WorkerState::Ready, String::new()),
+            Phase::Failed(d) => (pb::WorkerState::Failed, d),
+        };
+        Ok(Response::new(pb::HealthResponse {
+            rank: self.state.rank,
+            state: state as i32,
+            detail,
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        tracing::info!("shutdown requested by the coordinator");
+        self.state.shutdown.notify_one();
+        Ok(Response::new(pb::ShutdownResponse {}))
+    }
+}
+
+/// Binds, registers with the coordinator and serves until `shutdown`
+/// resolves or the coordinator asks this worker to exit.
+pub async fn run(
+    args: WorkerArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let worker_addr = listener.local_addr()?;
+    let comm_listener = std::net::TcpListener::bind(args.comm_listen)?;
+    let comm_addr = comm_listener.local_addr()?;
+    let stop = Arc::new(Notify::new());
+    let service = WorkerService::new(&args, comm_listener, stop.clone());
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(WorkerServer::new(service).max_decoding_message_size(64 << 20))
+        .serve_with_incoming_shutdown(incoming, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop.notified() => {}
+            }
+        });
+    let server = tokio::spawn(server);
+    register(&args, worker_addr, comm_addr).await?;
+    tracing::info!(rank = args.rank, %worker_addr, %comm_addr, "registered with the coordinator");
+    server
+        .await
+        .map_err(|e| WorkerError::NotReady(format!("server task failed: {e}")))??;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn register(
+    args: &WorkerArgs,
+    worker_addr: SocketAddr,
+    comm_addr: SocketAddr,
+) -> Result<(), WorkerError> {
+    use pb::coordinator_client::CoordinatorClient;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.register_timeout_s);
+    loop {
+        let attempt = async {
+            let mut client = CoordinatorClient::connect(args.coordinator.clone()).await?;
+            client
+                .register(pb::RegisterRequest {
+                    rank: args.rank,
+                    worker_addr: worker_addr.to_string(),
+                    comm_addr: comm_addr.to_string(),
+                })
+                .await?;
+            Ok::<(), WorkerError>(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(WorkerError::Rpc(s)) if s.code() != tonic::Code::Unavailable => {
+                return Err(WorkerError::Rpc(s))
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "coordinator not reachable yet, retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
