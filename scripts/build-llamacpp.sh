@@ -2,7 +2,7 @@
 # Builds llama.cpp's llama-bench and llama-server (CPU only) once into a
 # cache, from the llama.cpp sources vendored in the llama-cpp-python sdist
 # on PyPI. Prints the folder holding the binaries.
-# Needs: cmake, a C++ compiler, curl (apt-get install cmake g++ curl).
+# Needs: cmake, a C++ compiler and pip (apt-get install cmake g++).
 set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.16}"
 CACHE="${WEFT_CACHE:-$HOME/.cache/weft}/llama.cpp-$VERSION"
@@ -12,12 +12,12 @@ fi
 mkdir -p "$CACHE"
 cd "$CACHE"
 if [ ! -d src ]; then
-  url=$(curl -fsS "https://pypi.org/simple/llama-cpp-python/" \
-        | grep -o "https://[^\"#]*llama_cpp_python-$VERSION.tar.gz" | head -1)
-  [ -n "$url" ] || { echo "sdist of llama-cpp-python $VERSION not found" >&2; exit 1; }
-  curl -fsS -o sdist.tar.gz "$url"
-  mkdir -p src && tar xzf sdist.tar.gz -C src --strip-components=1
-  rm sdist.tar.gz
+  # The sdist comes through pip; preparing its metadata needs scikit-build-core.
+  python3 -m pip install -q scikit-build-core >&2
+  python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
+    "llama-cpp-python==$VERSION" -d dl >&2
+  mkdir -p src && tar xzf dl/llama_cpp_python-"$VERSION".tar.gz -C src --strip-components=1
+  rm -rf dl
 fi
 cmake -S src/vendor/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \

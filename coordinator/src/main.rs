@@ -20,7 +20,14 @@ fn main() -> anyhow::Result<()> {
             cluster: tokio::net::TcpListener::bind(args.net.cluster_listen).await?,
         };
         let on_ready = Box::new(|addr| println!("weft-coordinator ready: client API on {addr}"));
-        run(args, listeners, shutdown_signal(), on_ready).await?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown signal received");
+            token.cancel();
+        });
+        run(args, listeners, shutdown, on_ready).await?;
         anyhow::Ok(())
     })?;
     Ok(())

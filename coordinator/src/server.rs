@@ -1,16 +1,17 @@
 //! Startup and shutdown of the coordinator: checkpoint, plan, group,
 //! client API.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use weft_model::checkpoint::Checkpoint;
+use tokio_util::sync::CancellationToken;
+use weft_model::checkpoint::{Checkpoint, Format};
 use weft_model::shard::ShardPlan;
 use weft_model::tokenizer::{GgufTokenizerData, Tokenizer};
 use weft_proto::cluster::v1 as pb;
+use weft_proto::v1::generation_server::GenerationServer;
 use weft_worker::convert::config_to_proto;
 
 use crate::args::{CoordinatorArgs, ShardSourceArg};
@@ -42,11 +43,11 @@ fn load_tokenizer(ckpt: &Checkpoint) -> Result<Tokenizer, CoordinatorError> {
     }
 }
 
-/// Runs the coordinator until `shutdown` resolves.
+/// Runs the coordinator until `shutdown` is cancelled (also during startup).
 pub async fn run(
     args: CoordinatorArgs,
     listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
     on_ready: OnReady,
 ) -> Result<(), CoordinatorError> {
     let path = args.model.model.clone();
@@ -77,39 +78,22 @@ pub async fn run(
         .serve_with_incoming(TcpListenerStream::new(listeners.cluster));
     let cluster_task = tokio::spawn(cluster_server);
     let coordinator_url = format!("http://{cluster_addr}");
+    let mut local = spawn_local_workers(&args, &coordinator_url)?;
 
-    let mut local = if args.local.local_workers {
-        let bin = match &args.local.worker_bin {
-            Some(b) => b.clone(),
-            None => default_worker_bin()?,
-        };
-        let threads = match args.local.worker_threads {
-            0 => default_threads(tp),
-            n => n,
-        };
-        Some(LocalWorkers::spawn(&LocalWorkerConfig {
-            bin,
-            world_size: tp,
-            coordinator_url: coordinator_url.clone(),
-            threads,
-            debug_logits: args.local.worker_debug_logits,
-        })?)
-    } else {
-        None
+    let startup = start_group(&args, &ckpt, &registry, coordinator_url, local.as_mut());
+    let result = tokio::select! {
+        group = startup => match group {
+            Ok(group) => {
+                let runtime = ModelRuntime::new(served_name(&args, &ckpt), config, tokenizer, group);
+                serve_clients(runtime, listeners.client, shutdown, on_ready).await
+            }
+            Err(e) => Err(e),
+        },
+        _ = shutdown.cancelled() => {
+            tracing::info!("shutdown requested during startup");
+            Ok(())
+        }
     };
-
-    let result = serve(
-        &args,
-        &ckpt,
-        tokenizer,
-        &registry,
-        coordinator_url,
-        listeners.client,
-        local.as_mut(),
-        shutdown,
-        on_ready,
-    )
-    .await;
     cluster_task.abort();
     if let Some(l) = local {
         l.stop(Duration::from_secs(5)).await;
@@ -117,18 +101,39 @@ pub async fn run(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
+fn spawn_local_workers(
+    args: &CoordinatorArgs,
+    coordinator_url: &str,
+) -> Result<Option<LocalWorkers>, CoordinatorError> {
+    if !args.local.local_workers {
+        return Ok(None);
+    }
+    let bin = match &args.local.worker_bin {
+        Some(b) => b.clone(),
+        None => default_worker_bin()?,
+    };
+    let threads = match args.local.worker_threads {
+        0 => default_threads(args.model.tp),
+        n => n,
+    };
+    LocalWorkers::spawn(&LocalWorkerConfig {
+        bin,
+        world_size: args.model.tp,
+        coordinator_url: coordinator_url.to_string(),
+        threads,
+        debug_logits: args.local.worker_debug_logits,
+    })
+    .map(Some)
+}
+
+/// Waits for every rank to register, then loads the group.
+async fn start_group(
     args: &CoordinatorArgs,
     ckpt: &Checkpoint,
-    tokenizer: Tokenizer,
     registry: &Registry,
     coordinator_url: String,
-    client: TcpListener,
     local: Option<&mut LocalWorkers>,
-    shutdown: impl Future<Output = ()>,
-    on_ready: OnReady,
-) -> Result<(), CoordinatorError> {
+) -> Result<WorkerGroup, CoordinatorError> {
     let timeout = Duration::from_secs(args.net.register_timeout_s);
     let members = match local {
         Some(l) => tokio::select! {
@@ -142,19 +147,19 @@ async fn serve(
     .ok_or_else(|| CoordinatorError::Unavailable(format!("not every rank registered within {timeout:?}")))?;
 
     let group = WorkerGroup::connect(&members).await?;
-    let config = ckpt.config().clone();
+    let config = ckpt.config();
     let load = pb::LoadRequest {
         world_size: args.model.tp as u32,
         peer_comm_addrs: members.iter().map(|m| m.comm_addr.clone()).collect(),
-        config: Some(config_to_proto(&config)),
+        config: Some(config_to_proto(config)),
         source: match args.model.shard_source {
             ShardSourceArg::Local => pb::ShardSource::LocalPath,
             ShardSourceArg::Stream => pb::ShardSource::Stream,
         } as i32,
         checkpoint_path: std::path::absolute(ckpt.path())?.display().to_string(),
         format: match ckpt.format() {
-            weft_model::checkpoint::Format::Gguf => pb::CheckpointFormat::Gguf,
-            weft_model::checkpoint::Format::Safetensors => pb::CheckpointFormat::Safetensors,
+            Format::Gguf => pb::CheckpointFormat::Gguf,
+            Format::Safetensors => pb::CheckpointFormat::Safetensors,
         } as i32,
         coordinator_addr: coordinator_url,
         eos_token_ids: config.eos_token_ids.clone(),
@@ -162,8 +167,7 @@ async fn serve(
         collective_timeout_ms: args.model.collective_timeout_ms,
         ..Default::default()
     };
-    let loaded = group.load(&load).await?;
-    for l in &loaded {
+    for l in group.load(&load).await? {
         tracing::info!(
             rank = l.rank,
             bytes = l.shard_bytes,
@@ -171,13 +175,15 @@ async fn serve(
             "rank loaded"
         );
     }
+    Ok(group)
+}
 
-    let name = args
-        .model
-        .model_name
-        .clone()
-        .unwrap_or_else(|| model_name(ckpt));
-    let runtime = ModelRuntime::new(name, config, tokenizer, group);
+async fn serve_clients(
+    runtime: Arc<ModelRuntime>,
+    client: TcpListener,
+    shutdown: CancellationToken,
+    on_ready: OnReady,
+) -> Result<(), CoordinatorError> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -188,18 +194,23 @@ async fn serve(
         .map_err(|e| CoordinatorError::Unavailable(format!("reflection: {e}")))?;
     let addr = client.local_addr()?;
     let server = tonic::transport::Server::builder()
-        .add_service(weft_proto::v1::generation_server::GenerationServer::new(
-            GenerationService(runtime.clone()),
-        ))
+        .add_service(GenerationServer::new(GenerationService(runtime.clone())))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(client), shutdown);
+        .serve_with_incoming_shutdown(TcpListenerStream::new(client), shutdown.cancelled_owned());
     tracing::info!(%addr, "serving the client API");
     on_ready(addr);
     server.await?;
     tracing::info!("shutting down the worker group");
     runtime.shutdown_workers().await;
     Ok(())
+}
+
+fn served_name(args: &CoordinatorArgs, ckpt: &Checkpoint) -> String {
+    args.model
+        .model_name
+        .clone()
+        .unwrap_or_else(|| model_name(ckpt))
 }
 
 fn model_name(ckpt: &Checkpoint) -> String {

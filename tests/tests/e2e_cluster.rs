@@ -30,6 +30,43 @@ async fn generate(
     panic!("stream ended without a Finished message");
 }
 
+fn tokenize(text: &str) -> Vec<u32> {
+    let ckpt = weft_model::checkpoint::Checkpoint::open(&model_path()).expect("open");
+    let tok =
+        weft_model::tokenizer::Tokenizer::from_gguf(ckpt.gguf().expect("gguf")).expect("tokenizer");
+    tok.encode(text, true).expect("encode")
+}
+
+/// Service names listed by grpc.reflection.v1.
+async fn reflected_services(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let resp = stream.next().await.expect("one response").expect("ok");
+    match resp.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
 fn text_request(text: &str, max_tokens: u32) -> v1::GenerateRequest {
     v1::GenerateRequest {
         prompt: Some(v1::generate_request::Prompt::Text(text.into())),
@@ -68,20 +105,31 @@ async fn tp3_cluster_streams_and_leaves_no_process_behind() {
         .iter()
         .all(|t| t.logprob <= 0.0 && t.logprob.is_finite()));
 
-    // Same request by token ids, greedy: identical tokens.
-    let (again, _) = generate(
+    // The same prompt as token ids gives the same greedy tokens.
+    let (by_text, _) = generate(&url, text_request("The capital of France is", 6))
+        .await
+        .expect("text prompt");
+    let ids = tokenize("The capital of France is");
+    let by_ids = generate(
         &url,
         v1::GenerateRequest {
-            prompt: Some(v1::generate_request::Prompt::TokenIds(v1::TokenIds {
-                ids: vec![1, 9690, 198],
-            })),
-            max_tokens: 4,
+            prompt: Some(v1::generate_request::Prompt::TokenIds(v1::TokenIds { ids })),
+            max_tokens: 6,
             ..Default::default()
         },
     )
     .await
-    .expect("token-id prompt");
-    assert_eq!(again.len(), 4);
+    .expect("token-id prompt")
+    .0;
+    let ids_of = |t: &[v1::TokenDelta]| t.iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids_of(&by_text), ids_of(&by_ids));
+    assert!(!by_text.is_empty());
+
+    // Server reflection lists the client API.
+    assert!(reflected_services(&url)
+        .await
+        .iter()
+        .any(|s| s == "weft.v1.Generation"));
 
     // Bad input is refused with INVALID_ARGUMENT, and the cluster keeps serving.
     let bad = [

@@ -14,6 +14,8 @@
 //! waiting for their op timeout, and every later call returns [`CommError::Poisoned`]. Recovery means building a new
 //! group (new listener, new session token).
 
+mod conn;
+mod handshake;
 mod tcp;
 mod wire;
 

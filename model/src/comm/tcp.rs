@@ -8,15 +8,16 @@
 //! All-reduce sums in rank order in f32 on rank 0 (`((b0 + b1) + b2) + ...`, element-wise) and ships the result
 //! bits, so every rank holds bit-identical values.
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use super::conn::{map_io, Conn};
+use super::handshake::{accept_all, connect_to_root};
 use super::wire::{
-    from_le_in_place, le_bytes, truncate_utf8, Header, Hello, OpCode, Reply, Status, ABORT_OTHER,
-    ABORT_PROTOCOL, HEADER_LEN, HELLO_LEN, MAX_REASON, REPLY_LEN, VERSION,
+    le_bytes, truncate_utf8, Header, OpCode, ABORT_OTHER, ABORT_PROTOCOL, MAX_REASON,
 };
 use super::{check_gather_len, check_root, CommError, Communicator};
 
@@ -24,15 +25,6 @@ use super::{check_gather_len, check_root, CommError, Communicator};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default [`TcpCommConfig::op_timeout`].
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Read-buffer size per connection: a header plus a typical activation payload arrive in one `read` call.
-const READ_BUF: usize = 256 * 1024;
-/// Longest rank 0 waits for a freshly accepted connection to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between accept polls (group formation only).
-const ACCEPT_POLL: Duration = Duration::from_millis(1);
-/// Pause between connection attempts to rank 0.
-const CONNECT_RETRY: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
 pub struct TcpCommConfig {
@@ -93,103 +85,6 @@ impl TcpCommConfig {
         }
         Ok(())
     }
-}
-
-/// One connection: on rank 0 to a rank > 0, on a rank > 0 to rank 0.
-#[derive(Debug)]
-struct Conn {
-    peer: usize,
-    reader: BufReader<TcpStream>,
-    /// False while (and after a failed) write: the outgoing stream may not be at a message boundary, so no abort
-    /// may be sent on it.
-    tx_clean: bool,
-}
-
-impl Conn {
-    fn new(peer: usize, stream: TcpStream, op_timeout: Duration) -> Result<Self, CommError> {
-        let io = |source| CommError::Io { peer, source };
-        stream.set_nodelay(true).map_err(io)?;
-        stream.set_read_timeout(Some(op_timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(op_timeout)).map_err(io)?;
-        Ok(Conn {
-            peer,
-            reader: BufReader::with_capacity(READ_BUF, stream),
-            tx_clean: true,
-        })
-    }
-
-    fn stream(&self) -> &TcpStream {
-        self.reader.get_ref()
-    }
-
-    fn send(
-        &mut self,
-        header: &Header,
-        payload: &[u8],
-        op: &'static str,
-        after: Duration,
-    ) -> Result<(), CommError> {
-        let h = header.encode();
-        let mut bufs = [IoSlice::new(&h), IoSlice::new(payload)];
-        self.tx_clean = false;
-        write_all_vectored(self.stream(), &mut bufs)
-            .map_err(|e| map_io(e, op, self.peer, after))?;
-        self.tx_clean = true;
-        Ok(())
-    }
-
-    fn recv_header(&mut self, op: &'static str, after: Duration) -> Result<Header, CommError> {
-        let mut b = [0u8; HEADER_LEN];
-        self.reader
-            .read_exact(&mut b)
-            .map_err(|e| map_io(e, op, self.peer, after))?;
-        Header::decode(&b).ok_or_else(|| {
-            CommError::Protocol(format!(
-                "{op}: rank {} sent a message with a bad magic number",
-                self.peer
-            ))
-        })
-    }
-
-    fn recv_f32(
-        &mut self,
-        dst: &mut [f32],
-        op: &'static str,
-        after: Duration,
-    ) -> Result<(), CommError> {
-        self.reader
-            .read_exact(bytemuck::cast_slice_mut(dst))
-            .map_err(|e| map_io(e, op, self.peer, after))?;
-        from_le_in_place(dst);
-        Ok(())
-    }
-}
-
-/// Maps an I/O error of a collective with `peer` to the error kinds callers act on.
-fn map_io(e: io::Error, op: &'static str, peer: usize, after: Duration) -> CommError {
-    use io::ErrorKind as K;
-    match e.kind() {
-        K::WouldBlock | K::TimedOut => CommError::Timeout { op, peer, after },
-        K::UnexpectedEof
-        | K::ConnectionReset
-        | K::ConnectionAborted
-        | K::BrokenPipe
-        | K::NotConnected => CommError::PeerClosed { peer },
-        _ => CommError::Io { peer, source: e },
-    }
-}
-
-fn write_all_vectored(mut w: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// One collective call as every rank must issue it.
@@ -609,213 +504,4 @@ impl Communicator for TcpComm {
         let r = self.barrier_inner(call);
         self.finish(call, r)
     }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Group formation
-
-/// Rank 0: accepts and verifies a connection from every other rank, then confirms the group to all of them.
-fn accept_all(
-    listener: &TcpListener,
-    config: &TcpCommConfig,
-    session: u64,
-) -> Result<Vec<Conn>, CommError> {
-    let deadline = Instant::now() + config.connect_timeout;
-    let world = config.world_size;
-    listener
-        .set_nonblocking(true)
-        .map_err(CommError::Listener)?;
-    let mut slots: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
-    let mut missing = world - 1;
-    let failure = loop {
-        if missing == 0 {
-            break None;
-        }
-        match listener.accept() {
-            Ok((stream, addr)) => {
-                if let Some((rank, stream)) = admit(stream, addr, config, session, &slots, deadline)
-                {
-                    slots[rank] = Some(stream);
-                    missing -= 1;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    let peer = (1..world).find(|&r| slots[r].is_none()).unwrap_or(1);
-                    break Some(CommError::Timeout {
-                        op: "connect",
-                        peer,
-                        after: config.connect_timeout,
-                    });
-                }
-                std::thread::sleep(ACCEPT_POLL);
-            }
-            Err(e) if is_transient_accept_error(&e) => {}
-            Err(e) => break Some(CommError::Listener(e)),
-        }
-    };
-    if let Some(err) = failure {
-        warn!(error = %err, "tcp communicator: group formation failed");
-        for stream in slots.iter().flatten() {
-            let _ = send_reply(stream, Status::GroupFailed, config, session);
-        }
-        return Err(err);
-    }
-    let mut conns = Vec::with_capacity(world - 1);
-    for (rank, stream) in slots.into_iter().enumerate().skip(1) {
-        let stream = stream.expect("all ranks admitted");
-        stream
-            .set_write_timeout(Some(config.op_timeout))
-            .map_err(|source| CommError::Io { peer: rank, source })?;
-        send_reply(&stream, Status::Ok, config, session)
-            .map_err(|e| map_io(e, "handshake", rank, config.op_timeout))?;
-        conns.push(Conn::new(rank, stream, config.op_timeout)?);
-    }
-    Ok(conns)
-}
-
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    use io::ErrorKind as K;
-    matches!(
-        e.kind(),
-        K::Interrupted | K::ConnectionAborted | K::ConnectionReset
-    )
-}
-
-/// Rank 0: reads and checks the hello of a freshly accepted connection. Returns its rank if admitted; rejected or
-/// broken connections are answered (if possible) and dropped.
-fn admit(
-    stream: TcpStream,
-    addr: SocketAddr,
-    config: &TcpCommConfig,
-    session: u64,
-    slots: &[Option<TcpStream>],
-    deadline: Instant,
-) -> Option<(usize, TcpStream)> {
-    let wait = deadline
-        .saturating_duration_since(Instant::now())
-        .clamp(Duration::from_millis(1), HELLO_TIMEOUT);
-    let setup = || -> io::Result<[u8; HELLO_LEN]> {
-        stream.set_nonblocking(false)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(wait))?;
-        stream.set_write_timeout(Some(wait))?;
-        let mut b = [0u8; HELLO_LEN];
-        (&stream).read_exact(&mut b)?;
-        Ok(b)
-    };
-    let bytes = match setup() {
-        Ok(b) => b,
-        Err(e) => {
-            warn!(%addr, error = %e, "tcp communicator: dropping a connection that sent no hello");
-            return None;
-        }
-    };
-    let Some(hello) = Hello::decode(&bytes) else {
-        warn!(%addr, "tcp communicator: dropping a connection that is not a weft collective peer");
-        return None;
-    };
-    let rank = hello.rank as usize;
-    let status = if hello.version != VERSION {
-        Status::WrongVersion
-    } else if hello.session != session {
-        Status::WrongSession
-    } else if hello.world_size as usize != config.world_size {
-        Status::WrongWorldSize
-    } else if rank == 0 || rank >= config.world_size {
-        Status::BadRank
-    } else if slots[rank].is_some() {
-        Status::DuplicateRank
-    } else {
-        debug!(%addr, rank, "tcp communicator: rank connected");
-        return Some((rank, stream));
-    };
-    warn!(
-        %addr,
-        claimed_rank = hello.rank,
-        claimed_session = hello.session,
-        reason = status.describe(),
-        "tcp communicator: rejecting handshake"
-    );
-    let _ = send_reply(&stream, status, config, session);
-    None
-}
-
-fn send_reply(
-    mut stream: &TcpStream,
-    status: Status,
-    config: &TcpCommConfig,
-    session: u64,
-) -> io::Result<()> {
-    let reply = Reply {
-        version: VERSION,
-        status,
-        world_size: config.world_size as u32,
-        session,
-    };
-    stream.write_all(&reply.encode())
-}
-
-/// Rank > 0: connects to rank 0 (retrying), says hello and waits for the group confirmation.
-fn connect_to_root(config: &TcpCommConfig, session: u64) -> Result<Conn, CommError> {
-    let addr = config.peers[0];
-    let timeout = config.connect_timeout;
-    let deadline = Instant::now() + timeout;
-    let stream = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(CommError::Timeout {
-                op: "connect",
-                peer: 0,
-                after: timeout,
-            });
-        }
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => break s,
-            Err(e) => {
-                debug!(%addr, error = %e, "tcp communicator: rank 0 not reachable yet; retrying");
-                std::thread::sleep(
-                    CONNECT_RETRY.min(deadline.saturating_duration_since(Instant::now())),
-                );
-            }
-        }
-    };
-    let hs = |e: io::Error| map_io(e, "handshake", 0, timeout);
-    stream.set_nodelay(true).map_err(hs)?;
-    // Rank 0 confirms only once every rank has connected: wait up to a full connect_timeout for that.
-    stream.set_read_timeout(Some(timeout)).map_err(hs)?;
-    stream.set_write_timeout(Some(timeout)).map_err(hs)?;
-    let hello = Hello {
-        version: VERSION,
-        rank: config.rank as u32,
-        world_size: config.world_size as u32,
-        session,
-    };
-    (&stream).write_all(&hello.encode()).map_err(hs)?;
-    let mut b = [0u8; REPLY_LEN];
-    (&stream).read_exact(&mut b).map_err(hs)?;
-    let reply = Reply::decode(&b).ok_or_else(|| {
-        CommError::Protocol(format!(
-            "handshake: {addr} answered with something that is not a reply"
-        ))
-    })?;
-    if reply.status != Status::Ok {
-        return Err(CommError::HandshakeRejected {
-            peer: 0,
-            reason: reply.status.describe().to_string(),
-        });
-    }
-    if reply.version != VERSION
-        || reply.session != session
-        || reply.world_size as usize != config.world_size
-    {
-        return Err(CommError::HandshakeRejected {
-            peer: 0,
-            reason: format!(
-                "rank 0 confirmed version {} session {} world size {}, expected {VERSION} {session} {}",
-                reply.version, reply.session, reply.world_size, config.world_size
-            ),
-        });
-    }
-    Conn::new(0, stream, config.op_timeout)
 }

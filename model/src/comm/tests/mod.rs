@@ -1,0 +1,77 @@
+//! Tests of the collectives: [`ops`] checks results, [`failures`] protocol errors and dead or stalled peers,
+//! [`formation`] the handshake and group formation.
+
+mod failures;
+mod formation;
+mod ops;
+
+use std::net::{SocketAddr, TcpListener};
+use std::thread;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+
+const SESSION: u64 = 0x5eed_cafe_f00d_0001;
+const CONNECT: Duration = Duration::from_secs(5);
+const OP: Duration = Duration::from_secs(5);
+
+fn listeners(n: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs = ls.iter().map(|l| l.local_addr().unwrap()).collect();
+    (ls, addrs)
+}
+
+fn config(rank: usize, peers: &[SocketAddr], op_timeout: Duration) -> TcpCommConfig {
+    TcpCommConfig {
+        rank,
+        world_size: peers.len(),
+        peers: peers.to_vec(),
+        connect_timeout: CONNECT,
+        op_timeout,
+    }
+}
+
+/// Forms a group of `n` ranks on threads and runs `f` on each; returns the results in rank order. The communicators
+/// are dropped only after every thread has finished (so one rank's drop does not race the others' error paths).
+fn group<R, F>(n: usize, op_timeout: Duration, f: F) -> Vec<R>
+where
+    R: Send,
+    F: Fn(&mut TcpComm) -> R + Sync,
+{
+    let (ls, addrs) = listeners(n);
+    let out: Vec<(R, TcpComm)> = thread::scope(|s| {
+        let handles: Vec<_> = ls
+            .into_iter()
+            .enumerate()
+            .map(|(rank, l)| {
+                let (addrs, f) = (&addrs, &f);
+                s.spawn(move || {
+                    let mut comm =
+                        TcpComm::connect(l, config(rank, addrs, op_timeout), SESSION).unwrap();
+                    assert_eq!(comm.rank(), rank);
+                    assert_eq!(comm.world_size(), n);
+                    (f(&mut comm), comm)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    out.into_iter().map(|(r, _)| r).collect()
+}
+
+/// Values spanning several magnitudes so that the summation order shows in the low bits.
+fn data(rank: usize, salt: u64, len: usize) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(salt.wrapping_mul(1_000_003).wrapping_add(rank as u64));
+    (0..len)
+        .map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-3..4)))
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
