@@ -7,6 +7,7 @@ pub mod args;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod process;
 pub mod service;
 pub mod shard_stream;
 

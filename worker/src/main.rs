@@ -3,13 +3,7 @@ use weft_worker::WorkerArgs;
 
 fn main() -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    weft_worker::process::init_tracing();
     if args.exit_with_parent {
         exit_with_parent();
     }
@@ -17,24 +11,11 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(weft_worker::service::run(args, shutdown_signal()))?;
+    runtime.block_on(weft_worker::service::run(
+        args,
+        weft_worker::process::shutdown_signal(),
+    ))?;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 /// Asks the kernel to kill this process when its parent dies, so a
