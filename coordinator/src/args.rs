@@ -18,6 +18,36 @@ pub struct CoordinatorArgs {
     pub net: NetArgs,
     #[command(flatten)]
     pub local: LocalArgs,
+    #[command(flatten)]
+    pub sched: SchedulerArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SchedulerArgs {
+    /// Most sequences in one step.
+    #[arg(long, env = "WEFT_MAX_NUM_SEQS", default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Most tokens in one step (prefill chunks plus decodes).
+    #[arg(long, env = "WEFT_MAX_BATCHED_TOKENS", default_value_t = 512)]
+    pub max_batched_tokens: usize,
+    /// Most requests waiting for admission; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WEFT_MAX_WAITING", default_value_t = 256)]
+    pub max_waiting: usize,
+    /// Tokens per KV-cache block.
+    #[arg(long, env = "WEFT_KV_BLOCK_SIZE", default_value_t = 16)]
+    pub kv_block_size: usize,
+    /// KV-cache blocks (overrides --kv-cache-mib).
+    #[arg(long, env = "WEFT_KV_BLOCKS")]
+    pub kv_blocks: Option<usize>,
+    /// KV-cache memory per worker, in MiB, when --kv-blocks is not given.
+    #[arg(long, env = "WEFT_KV_CACHE_MIB", default_value_t = 1024)]
+    pub kv_cache_mib: usize,
+    /// Disable reuse of cached prompt prefixes.
+    #[arg(long, env = "WEFT_NO_PREFIX_CACHING", default_value_t = false)]
+    pub no_prefix_caching: bool,
+    /// Context length to serve (default and maximum: the model's).
+    #[arg(long, env = "WEFT_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]

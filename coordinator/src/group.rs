@@ -9,6 +9,7 @@ use weft_proto::cluster::v1::worker_client::WorkerClient;
 use crate::registry::Member;
 use crate::CoordinatorError;
 
+#[derive(Clone)]
 pub struct WorkerGroup {
     clients: Vec<WorkerClient<Channel>>,
 }
@@ -130,6 +131,7 @@ mod tests {
                 seq_id: 1,
                 token,
                 logprob: -0.5,
+                ..Default::default()
             }],
             debug_logits: vec![],
         }
@@ -144,7 +146,7 @@ mod tests {
                 tokens: vec![3],
                 start_pos: 0,
                 sample: true,
-                sampling: None,
+                ..Default::default()
             }],
             ..Default::default()
         };

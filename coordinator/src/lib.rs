@@ -7,9 +7,13 @@ pub mod args;
 pub mod error;
 pub mod generate;
 pub mod group;
+pub mod kv;
 pub mod local;
 pub mod registry;
+pub mod request;
+pub mod scheduler;
 pub mod server;
+pub mod stop;
 
 pub use args::CoordinatorArgs;
 pub use error::CoordinatorError;

@@ -13,7 +13,9 @@ fn main() -> anyhow::Result<()> {
             client: tokio::net::TcpListener::bind(args.net.listen).await?,
             cluster: tokio::net::TcpListener::bind(args.net.cluster_listen).await?,
         };
-        let on_ready = Box::new(|addr| println!("weft-coordinator ready: client API on {addr}"));
+        let on_ready = Box::new(|r: weft_coordinator::server::Ready| {
+            println!("weft-coordinator ready: client API on {}", r.addr)
+        });
         let shutdown = tokio_util::sync::CancellationToken::new();
         let token = shutdown.clone();
         tokio::spawn(async move {

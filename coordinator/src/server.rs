@@ -14,12 +14,15 @@ use weft_proto::cluster::v1 as pb;
 use weft_proto::v1::generation_server::GenerationServer;
 use weft_worker::convert::config_to_proto;
 
-use crate::args::{CoordinatorArgs, ShardSourceArg};
-use crate::generate::{GenerationService, ModelRuntime};
+use crate::args::{CoordinatorArgs, SchedulerArgs, ShardSourceArg};
+use crate::generate::{GenerationService, ServedModel};
 use crate::group::WorkerGroup;
 use crate::local::{default_threads, default_worker_bin, LocalWorkerConfig, LocalWorkers};
 use crate::registry::{Registry, RegistryService};
+use crate::request::RequestLimits;
+use crate::scheduler::{SchedulerConfig, SchedulerHandle};
 use crate::CoordinatorError;
+use weft_model::config::ModelConfig;
 
 /// Already-bound listeners (tests bind port 0).
 pub struct Listeners {
@@ -27,8 +30,42 @@ pub struct Listeners {
     pub cluster: TcpListener,
 }
 
+/// What a caller learns once the client API serves.
+pub struct Ready {
+    pub addr: std::net::SocketAddr,
+    pub scheduler: SchedulerHandle,
+}
+
 /// Called once the client API serves.
-pub type OnReady = Box<dyn FnOnce(std::net::SocketAddr) + Send>;
+pub type OnReady = Box<dyn FnOnce(Ready) + Send>;
+
+/// KV-cache blocks per worker: --kv-blocks, or the memory budget divided by
+/// the size of one block on one rank (keys and values, every layer, this
+/// rank's KV heads, f32).
+pub fn kv_blocks(args: &SchedulerArgs, cfg: &ModelConfig, tp: usize) -> usize {
+    if let Some(n) = args.kv_blocks {
+        return n;
+    }
+    let per_block =
+        2 * cfg.num_layers * args.kv_block_size * (cfg.num_kv_heads / tp.max(1)) * cfg.head_dim * 4;
+    (args.kv_cache_mib << 20) / per_block.max(1)
+}
+
+fn scheduler_config(args: &CoordinatorArgs, cfg: &ModelConfig) -> SchedulerConfig {
+    let s = &args.sched;
+    SchedulerConfig {
+        max_num_seqs: s.max_num_seqs.max(1),
+        max_batched_tokens: s.max_batched_tokens.max(1),
+        max_waiting: s.max_waiting,
+        kv_block_size: s.kv_block_size.max(1),
+        kv_num_blocks: kv_blocks(s, cfg, args.model.tp),
+        prefix_caching: !s.no_prefix_caching,
+        max_model_len: s.max_model_len.map_or(cfg.max_position_embeddings, |m| {
+            m.min(cfg.max_position_embeddings)
+        }),
+        eos_token_ids: cfg.eos_token_ids.clone(),
+    }
+}
 
 fn load_tokenizer(ckpt: &Checkpoint) -> Result<Tokenizer, CoordinatorError> {
     if let Some(path) = ckpt.tokenizer_json() {
@@ -80,12 +117,34 @@ pub async fn run(
     let coordinator_url = format!("http://{cluster_addr}");
     let mut local = spawn_local_workers(&args, &coordinator_url)?;
 
-    let startup = start_group(&args, &ckpt, &registry, coordinator_url, local.as_mut());
+    let sched = scheduler_config(&args, &config);
+    tracing::info!(
+        kv_blocks = sched.kv_num_blocks,
+        kv_block_size = sched.kv_block_size,
+        max_num_seqs = sched.max_num_seqs,
+        max_batched_tokens = sched.max_batched_tokens,
+        "scheduler limits"
+    );
+    let startup = start_group(
+        &args,
+        &ckpt,
+        &registry,
+        coordinator_url,
+        local.as_mut(),
+        &sched,
+    );
     let result = tokio::select! {
         group = startup => match group {
             Ok(group) => {
-                let runtime = ModelRuntime::new(served_name(&args, &ckpt), config, tokenizer, group);
-                serve_clients(runtime, listeners.client, shutdown, on_ready).await
+                let tokenizer = Arc::new(tokenizer);
+                let model = Arc::new(ServedModel {
+                    name: served_name(&args, &ckpt),
+                    limits: RequestLimits::new(sched.max_model_len, sched.kv_num_blocks * sched.kv_block_size),
+                    config,
+                    scheduler: SchedulerHandle::spawn(sched, group.clone(), tokenizer.clone()),
+                    tokenizer,
+                });
+                serve_clients(model, group, listeners.client, shutdown, on_ready).await
             }
             Err(e) => Err(e),
         },
@@ -133,6 +192,7 @@ async fn start_group(
     registry: &Registry,
     coordinator_url: String,
     local: Option<&mut LocalWorkers>,
+    sched: &SchedulerConfig,
 ) -> Result<WorkerGroup, CoordinatorError> {
     let timeout = Duration::from_secs(args.net.register_timeout_s);
     let members = match local {
@@ -165,6 +225,8 @@ async fn start_group(
         eos_token_ids: config.eos_token_ids.clone(),
         session: rand::random(),
         collective_timeout_ms: args.model.collective_timeout_ms,
+        kv_block_size: sched.kv_block_size as u32,
+        kv_num_blocks: sched.kv_num_blocks as u32,
         ..Default::default()
     };
     for l in group.load(&load).await? {
@@ -179,7 +241,8 @@ async fn start_group(
 }
 
 async fn serve_clients(
-    runtime: Arc<ModelRuntime>,
+    model: Arc<ServedModel>,
+    group: WorkerGroup,
     client: TcpListener,
     shutdown: CancellationToken,
     on_ready: OnReady,
@@ -194,15 +257,18 @@ async fn serve_clients(
         .map_err(|e| CoordinatorError::Unavailable(format!("reflection: {e}")))?;
     let addr = client.local_addr()?;
     let server = tonic::transport::Server::builder()
-        .add_service(GenerationServer::new(GenerationService(runtime.clone())))
+        .add_service(GenerationServer::new(GenerationService(model.clone())))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(TcpListenerStream::new(client), shutdown.cancelled_owned());
     tracing::info!(%addr, "serving the client API");
-    on_ready(addr);
+    on_ready(Ready {
+        addr,
+        scheduler: model.scheduler.clone(),
+    });
     server.await?;
     tracing::info!("shutting down the worker group");
-    runtime.shutdown_workers().await;
+    group.shutdown().await;
     Ok(())
 }
 

@@ -4,7 +4,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use weft_kernels::{attention, cpu_isa, matmul, AttentionShape, DType, Matrix};
+use weft_kernels::{
+    attention, cpu_isa, matmul, paged_attention_batch, AttentionShape, DType, Matrix, PagedKv,
+    PagedSeq,
+};
 
 /// Deterministic pseudo-random bytes (xorshift), with sane f16 scales for the blocks.
 fn weight_bytes(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
@@ -26,18 +29,43 @@ fn weight_bytes(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
     b
 }
 
+/// CPU time this thread has run, in seconds (Linux `schedstat`).
+fn thread_cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns * 1e-9)
+}
+
+/// The clock: wall time, or with `WEFT_BENCH_CLOCK=thread` the CPU time of this thread
+/// (meaningful for the matmul lines with `RAYON_NUM_THREADS=1`, where matmul runs on the
+/// calling thread, not for attention, which still runs on the pool's worker;
+/// robust to other processes competing for the cores).
+fn clock() -> impl Fn() -> f64 {
+    let start = Instant::now();
+    let thread = std::env::var("WEFT_BENCH_CLOCK").is_ok_and(|v| v == "thread")
+        && thread_cpu_secs().is_some();
+    move || {
+        if thread {
+            thread_cpu_secs().unwrap_or(0.0)
+        } else {
+            start.elapsed().as_secs_f64()
+        }
+    }
+}
+
 /// Best of 5 rounds of ~50 ms each (robust to other load on the machine).
 fn time<F: FnMut()>(mut f: F) -> f64 {
     f();
+    let now = clock();
     let mut iters = 1u32;
     let mut best = f64::INFINITY;
     let mut rounds = 0;
     while rounds < 5 {
-        let t = Instant::now();
+        let t = now();
         for _ in 0..iters {
             f();
         }
-        let el = t.elapsed().as_secs_f64();
+        let el = now() - t;
         if el < 0.05 {
             iters *= 2;
             continue;
@@ -67,9 +95,10 @@ fn bench_matmul(dtype: DType, rows: usize, cols: usize, n: usize) {
 
 fn main() {
     println!(
-        "isa: {}, threads: {}",
+        "isa: {}, threads: {}, clock: {}",
         cpu_isa(),
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        std::env::var("WEFT_BENCH_CLOCK").unwrap_or_else(|_| "wall".into())
     );
     let only = std::env::var("WEFT_BENCH_DTYPE").ok();
     for dtype in [
@@ -86,7 +115,9 @@ fn main() {
         for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
             bench_matmul(dtype, rows, cols, 1);
         }
-        bench_matmul(dtype, 1536, 576, 64);
+        for n in [32, 64] {
+            bench_matmul(dtype, 1536, 576, n);
+        }
     }
     let s = AttentionShape {
         n_heads: 9,
@@ -100,4 +131,38 @@ fn main() {
         let t = time(|| attention(&q, &k, &k, s, 1, kv - 1, &mut out).expect("attn"));
         println!("attention decode kv={kv}: {:.1} us", t * 1e6);
     }
+    bench_paged_decode(s, 32, 512);
+}
+
+/// One decode step of `seqs` sequences with `kv` cached positions each, blocks of 16.
+fn bench_paged_decode(s: AttentionShape, seqs: usize, kv: usize) {
+    let bs = 16;
+    let per_seq = kv.div_ceil(bs);
+    let pool = vec![0.02f32; seqs * per_seq * bs * s.n_kv_heads * s.head_dim];
+    // Interleaved block placement: sequence i owns blocks i, i + seqs, i + 2*seqs, ...
+    let tables: Vec<Vec<u32>> = (0..seqs)
+        .map(|i| (0..per_seq).map(|b| (b * seqs + i) as u32).collect())
+        .collect();
+    let batch: Vec<PagedSeq<'_>> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| PagedSeq {
+            block_table: t,
+            start_pos: kv - 1,
+            n_tokens: 1,
+            row_offset: i,
+        })
+        .collect();
+    let q = vec![0.01f32; seqs * s.n_heads * s.head_dim];
+    let mut out = vec![0f32; q.len()];
+    let kvp = PagedKv {
+        k: &pool,
+        v: &pool,
+        block_size: bs,
+    };
+    let t = time(|| paged_attention_batch(&q, kvp, &batch, s, &mut out).expect("paged"));
+    println!(
+        "paged attention decode {seqs} seqs kv={kv}: {:.1} us",
+        t * 1e6
+    );
 }

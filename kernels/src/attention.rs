@@ -38,6 +38,23 @@ pub fn attention(
     attention_with(Isa::detect(), q, k, v, shape, n_tokens, start_pos, out)
 }
 
+/// Rejects zero sizes and head counts that do not divide.
+pub(crate) fn check_shape(op: &'static str, s: AttentionShape) -> Result<(), KernelError> {
+    if s.head_dim == 0 || s.n_heads == 0 || s.n_kv_heads == 0 {
+        return Err(KernelError::invalid(op, format!("zero size in {s:?}")));
+    }
+    if !s.n_heads.is_multiple_of(s.n_kv_heads) {
+        return Err(KernelError::invalid(
+            op,
+            format!(
+                "n_heads {} is not a multiple of n_kv_heads {}",
+                s.n_heads, s.n_kv_heads
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the shapes; returns `kv_len`.
 fn validate(
     q: &[f32],
@@ -49,18 +66,7 @@ fn validate(
     out: &[f32],
 ) -> Result<usize, KernelError> {
     const OP: &str = "attention";
-    if s.head_dim == 0 || s.n_heads == 0 || s.n_kv_heads == 0 {
-        return Err(KernelError::invalid(OP, format!("zero size in {s:?}")));
-    }
-    if !s.n_heads.is_multiple_of(s.n_kv_heads) {
-        return Err(KernelError::invalid(
-            OP,
-            format!(
-                "n_heads {} is not a multiple of n_kv_heads {}",
-                s.n_heads, s.n_kv_heads
-            ),
-        ));
-    }
+    check_shape(OP, s)?;
     let q_len = mul(OP, mul(OP, n_tokens, s.n_heads)?, s.head_dim)?;
     check_len(OP, "q", q_len, q.len())?;
     check_len(OP, "out", q_len, out.len())?;
@@ -110,23 +116,13 @@ pub(crate) fn attention_with(
     let group = n_heads / n_kv_heads;
     let kv_stride = n_kv_heads * hd;
     let scale = 1.0 / (hd as f32).sqrt();
-    // One (token, head) pair: scores over keys, softmax, weighted sum of values.
     let attend = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
         let (t, h) = (idx / n_heads, idx % n_heads);
         let kv_off = (h / group) * hd;
+        let row = |p: usize| p * kv_stride + kv_off..p * kv_stride + kv_off + hd;
         let qv = &q[idx * hd..(idx + 1) * hd];
-        let len = start_pos + t + 1;
-        scores.clear();
-        scores.extend(
-            k.chunks_exact(kv_stride)
-                .take(len)
-                .map(|kr| dot_f32(isa, qv, &kr[kv_off..kv_off + hd]) * scale),
-        );
-        softmax_inplace(scores);
-        o.fill(0.0);
-        for (&p, vr) in scores.iter().zip(v.chunks_exact(kv_stride)) {
-            axpy(isa, p, &vr[kv_off..kv_off + hd], o);
-        }
+        let kv_at = |p: usize| (&k[row(p)], &v[row(p)]);
+        attend_one(isa, qv, start_pos + t + 1, scale, kv_at, scores, o);
     };
     let work = (n_tokens * n_heads * hd).saturating_mul(start_pos + n_tokens);
     if work >= SERIAL_WORK && n_tokens * n_heads > 1 {
@@ -140,4 +136,29 @@ pub(crate) fn attention_with(
             .for_each(|item| attend(&mut scores, item));
     }
     Ok(())
+}
+
+/// One (query token, head) item: `o = sum_p softmax_p(q . k_p * scale) v_p` over positions
+/// `p in 0..len`, with `kv_at(p) = (k_p, v_p)` (each `head_dim` long).
+///
+/// The single per-item routine of [`attention`] and the paged kernels: the result depends
+/// only on `q`, `len`, `scale` and the key/value rows, never on where the rows are stored,
+/// on the other items of the call, or on threads, so all of them give the same bits.
+#[inline]
+pub(crate) fn attend_one<'a>(
+    isa: Isa,
+    qv: &[f32],
+    len: usize,
+    scale: f32,
+    kv_at: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    scores.clear();
+    scores.extend((0..len).map(|p| dot_f32(isa, qv, kv_at(p).0) * scale));
+    softmax_inplace(scores);
+    o.fill(0.0);
+    for (p, &w) in scores.iter().enumerate() {
+        axpy(isa, w, kv_at(p).1, o);
+    }
 }

@@ -13,6 +13,7 @@ mod isa;
 mod matmul;
 mod matrix;
 mod norm;
+mod paged;
 mod quant;
 mod rope;
 
@@ -27,5 +28,6 @@ pub use isa::cpu_isa;
 pub use matmul::matmul;
 pub use matrix::{Matrix, WeightData};
 pub use norm::{add_inplace, rms_norm, silu_mul, softmax_inplace};
+pub use paged::{paged_attention, paged_attention_batch, paged_write, PagedKv, PagedSeq};
 pub use quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, DType, QK};
 pub use rope::{rope, RopeStyle};

@@ -5,7 +5,7 @@
 //! heads), O and down this rank's input columns, so each layer needs two
 //! all-reduces; the embedding and LM head hold a slice of the vocabulary.
 
-use weft_kernels::{self as k, AttentionShape, KernelError, Matrix, RopeStyle};
+use weft_kernels::{self as k, AttentionShape, KernelError, Matrix, PagedKv, PagedSeq, RopeStyle};
 
 use crate::checkpoint::TensorName;
 use crate::comm::{CommError, Communicator};
@@ -84,12 +84,51 @@ struct Layer {
     down: Matrix,
 }
 
-/// Cached keys and values of one sequence on this rank.
-#[derive(Default)]
-pub struct SeqCache {
-    /// Per layer: len x kv_heads x head_dim.
+/// The paged KV cache of this rank: per layer, `num_blocks` blocks of
+/// `block_size` token slots for this rank's KV heads (layout
+/// [block][slot][kv_head][head_dim]). The coordinator decides which blocks
+/// a sequence uses and sends them as its block table.
+pub struct KvPool {
+    block_size: usize,
+    num_blocks: usize,
+    block_elems: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+}
+
+impl KvPool {
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Appends `n` zeroed blocks to every layer.
+    fn grow(&mut self, n: usize) {
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            layer.resize(layer.len() + n * self.block_elems, 0.0);
+        }
+        self.num_blocks += n;
+    }
+}
+
+/// One sequence's part of a batched step.
+pub struct SeqInput<'a> {
+    /// New tokens, at positions `start_pos..`.
+    pub tokens: &'a [u32],
+    pub start_pos: usize,
+    /// KV blocks covering positions `0..start_pos + tokens.len()`.
+    pub block_table: &'a [u32],
+    /// Return the full-vocabulary logits after the last token.
+    pub want_logits: bool,
+}
+
+/// A single sequence with a private, growing pool: for tests, benchmarks and
+/// one-off runs (the server uses [`KvPool`] with coordinator block tables).
+pub struct SeqCache {
+    pool: KvPool,
+    table: Vec<u32>,
     len: usize,
 }
 
@@ -234,18 +273,45 @@ impl RankModel {
         self.world
     }
 
+    /// An empty pool of `num_blocks` blocks of `block_size` tokens.
+    pub fn new_pool(&self, block_size: usize, num_blocks: usize) -> Result<KvPool, ModelError> {
+        if block_size == 0 {
+            return Err(ModelError::Invalid(
+                "KV block size must be at least 1".into(),
+            ));
+        }
+        let block_elems = block_size * self.dims.kv_width();
+        let total = num_blocks
+            .checked_mul(block_elems)
+            .ok_or_else(|| ModelError::Invalid("KV pool size overflows".into()))?;
+        let layer = vec![0f32; total];
+        Ok(KvPool {
+            block_size,
+            num_blocks,
+            block_elems,
+            k: vec![layer.clone(); self.layers.len()],
+            v: vec![layer; self.layers.len()],
+        })
+    }
+
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> SeqCache {
         SeqCache {
-            k: vec![Vec::new(); self.layers.len()],
-            v: vec![Vec::new(); self.layers.len()],
+            pool: KvPool {
+                block_size: 16,
+                num_blocks: 0,
+                block_elems: 16 * self.dims.kv_width(),
+                k: vec![Vec::new(); self.layers.len()],
+                v: vec![Vec::new(); self.layers.len()],
+            },
+            table: Vec::new(),
             len: 0,
         }
     }
 
-    /// Runs `tokens` (at positions `start_pos..`) through the model, extends
-    /// `cache`, and returns the full-vocabulary logits of the last token.
-    /// Every rank must call this with the same arguments in the same order.
+    /// Runs `tokens` (at positions `start_pos..`) of one sequence through
+    /// the model, extends `cache`, and returns the full-vocabulary logits of
+    /// the last token. Every rank must make the same calls in the same order.
     pub fn forward(
         &self,
         comm: &mut dyn Communicator,
@@ -253,44 +319,109 @@ impl RankModel {
         tokens: &[u32],
         start_pos: usize,
     ) -> Result<Vec<f32>, ModelError> {
-        self.check_step(cache, tokens, start_pos)?;
-        let n = tokens.len();
-        let mut x = self.embed_tokens(comm, tokens)?;
-        let positions: Vec<u32> = (start_pos..start_pos + n).map(|p| p as u32).collect();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let attn = self.attention_block(layer, &x, &positions, cache, i)?;
-            self.reduce_add(comm, &mut x, attn)?;
-            let mlp = self.mlp_block(layer, &x, n)?;
-            self.reduce_add(comm, &mut x, mlp)?;
-        }
-        cache.len = start_pos + n;
-        self.logits(comm, &x[(n - 1) * self.cfg.hidden_size..])
-    }
-
-    fn check_step(&self, cache: &SeqCache, tokens: &[u32], start: usize) -> Result<(), ModelError> {
-        if tokens.is_empty() {
-            return Err(ModelError::Invalid(
-                "a step needs at least one token".into(),
-            ));
-        }
-        if cache.len != start {
+        if cache.len != start_pos {
             return Err(ModelError::CacheMismatch {
                 have: cache.len,
-                start,
+                start: start_pos,
             });
         }
-        let end = start + tokens.len();
+        let end = start_pos + tokens.len();
+        let need = end.div_ceil(cache.pool.block_size);
+        if need > cache.pool.num_blocks {
+            let add = need - cache.pool.num_blocks;
+            cache
+                .table
+                .extend((cache.pool.num_blocks..need).map(|b| b as u32));
+            cache.pool.grow(add);
+        }
+        let seq = SeqInput {
+            tokens,
+            start_pos,
+            block_table: &cache.table,
+            want_logits: true,
+        };
+        let mut out = self.forward_batch(comm, &mut cache.pool, &[seq])?;
+        cache.len = end;
+        out.pop()
+            .ok_or_else(|| ModelError::Invalid("no logits returned".into()))
+    }
+
+    /// One batched step over several sequences (their tokens concatenated):
+    /// writes their keys/values into `pool` through their block tables and
+    /// returns the full-vocabulary logits of each sequence that wants them,
+    /// in order. Each sequence's results are bit-identical whatever else is
+    /// in the batch. Every rank must make the same calls in the same order.
+    pub fn forward_batch(
+        &self,
+        comm: &mut dyn Communicator,
+        pool: &mut KvPool,
+        seqs: &[SeqInput<'_>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        for s in seqs {
+            self.check_seq(pool, s)?;
+        }
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let positions: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| (s.start_pos..s.start_pos + s.tokens.len()).map(|p| p as u32))
+            .collect();
+        let mut x = self.embed_tokens(comm, &tokens)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn = self.attention_block(layer, &x, &positions, pool, seqs, i)?;
+            self.reduce_add(comm, &mut x, attn)?;
+            let mlp = self.mlp_block(layer, &x, tokens.len())?;
+            self.reduce_add(comm, &mut x, mlp)?;
+        }
+        let h = self.cfg.hidden_size;
+        let mut last_rows = Vec::new();
+        let mut row = 0;
+        for s in seqs {
+            row += s.tokens.len();
+            if s.want_logits {
+                last_rows.extend_from_slice(&x[(row - 1) * h..row * h]);
+            }
+        }
+        self.logits(comm, &last_rows)
+    }
+
+    fn check_seq(&self, pool: &KvPool, s: &SeqInput<'_>) -> Result<(), ModelError> {
+        if s.tokens.is_empty() {
+            return Err(ModelError::Invalid(
+                "a step needs at least one token per sequence".into(),
+            ));
+        }
+        let end = s.start_pos + s.tokens.len();
         if end > self.cfg.max_position_embeddings {
             return Err(ModelError::ContextOverflow {
                 pos: end,
                 max: self.cfg.max_position_embeddings,
             });
         }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+        if let Some(&t) = s
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.cfg.vocab_size)
+        {
             return Err(ModelError::BadToken {
                 token: t,
                 vocab: self.cfg.vocab_size,
             });
+        }
+        if s.block_table.len() * pool.block_size < end {
+            return Err(ModelError::Invalid(format!(
+                "block table of {} blocks cannot hold {end} positions",
+                s.block_table.len()
+            )));
+        }
+        if let Some(b) = s
+            .block_table
+            .iter()
+            .find(|&&b| b as usize >= pool.num_blocks)
+        {
+            return Err(ModelError::Invalid(format!(
+                "block {b} is outside the pool of {} blocks",
+                pool.num_blocks
+            )));
         }
         Ok(())
     }
@@ -336,7 +467,8 @@ impl RankModel {
         layer: &Layer,
         x: &[f32],
         positions: &[u32],
-        cache: &mut SeqCache,
+        pool: &mut KvPool,
+        seqs: &[SeqInput<'_>],
         li: usize,
     ) -> Result<Vec<f32>, ModelError> {
         let n = positions.len();
@@ -364,16 +496,41 @@ impl RankModel {
             &self.inv_freq,
             self.rope,
         )?;
-        cache.k[li].extend_from_slice(&kk);
-        cache.v[li].extend_from_slice(&vv);
         let shape = AttentionShape {
             n_heads: d.heads,
             n_kv_heads: d.kv_heads,
             head_dim: d.head_dim,
         };
-        let start = positions[0] as usize;
+        let kvw = d.kv_width();
+        let mut paged = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for s in seqs {
+            let rows = row * kvw..(row + s.tokens.len()) * kvw;
+            k::paged_write(
+                &mut pool.k[li],
+                &mut pool.v[li],
+                pool.block_size,
+                s.block_table,
+                shape,
+                s.start_pos,
+                &kk[rows.clone()],
+                &vv[rows],
+            )?;
+            paged.push(PagedSeq {
+                block_table: s.block_table,
+                start_pos: s.start_pos,
+                n_tokens: s.tokens.len(),
+                row_offset: row,
+            });
+            row += s.tokens.len();
+        }
+        let kv = PagedKv {
+            k: &pool.k[li],
+            v: &pool.v[li],
+            block_size: pool.block_size,
+        };
         let mut att = vec![0f32; n * d.q_width()];
-        k::attention(&q, &cache.k[li], &cache.v[li], shape, n, start, &mut att)?;
+        k::paged_attention_batch(&q, kv, &paged, shape, &mut att)?;
         let mut out = vec![0f32; n * self.cfg.hidden_size];
         k::matmul(&layer.o, &att, n, &mut out)?;
         Ok(out)
@@ -390,18 +547,40 @@ impl RankModel {
         Ok(out)
     }
 
-    fn logits(&self, comm: &mut dyn Communicator, last: &[f32]) -> Result<Vec<f32>, ModelError> {
+    /// Full-vocabulary logits for each row of `last` (m x hidden).
+    fn logits(
+        &self,
+        comm: &mut dyn Communicator,
+        last: &[f32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let h_dim = self.cfg.hidden_size;
+        let m = last.len() / h_dim;
+        if m == 0 {
+            return Ok(Vec::new());
+        }
         let mut h = vec![0f32; last.len()];
         k::rms_norm(last, &self.final_norm, self.cfg.rms_norm_eps, &mut h)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let mut local = vec![0f32; self.dims.vocab];
-        k::matmul(head, &h, 1, &mut local)?;
+        let vl = self.dims.vocab;
+        let mut local = vec![0f32; m * vl];
+        k::matmul(head, &h, m, &mut local)?;
         if self.world == 1 {
-            return Ok(local);
+            return Ok(local.chunks_exact(vl).map(<[f32]>::to_vec).collect());
         }
-        let mut full = vec![0f32; self.dims.vocab * self.world];
-        comm.all_gather(&local, &mut full)?;
-        Ok(full)
+        let mut all = vec![0f32; self.world * m * vl];
+        comm.all_gather(&local, &mut all)?;
+        // `all` is rank-major: [rank][row][vocab slice].
+        Ok((0..m)
+            .map(|row| {
+                (0..self.world)
+                    .flat_map(|r| {
+                        all[(r * m + row) * vl..(r * m + row + 1) * vl]
+                            .iter()
+                            .copied()
+                    })
+                    .collect()
+            })
+            .collect())
     }
 }
 

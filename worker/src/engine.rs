@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 use weft_model::comm::Communicator;
-use weft_model::llama::{RankModel, SeqCache};
-use weft_model::sampling::{sample, SamplingParams};
+use weft_model::llama::{KvPool, RankModel, SeqInput};
+use weft_model::sampling::{sample_full, SamplingParams, TokenHistory};
 use weft_proto::cluster::v1 as pb;
 
 use crate::WorkerError;
@@ -28,6 +28,9 @@ pub struct EngineHandle {
 pub struct EngineConfig {
     pub threads: usize,
     pub debug_logits: bool,
+    /// Paged KV cache: tokens per block and number of blocks.
+    pub kv_block_size: usize,
+    pub kv_num_blocks: usize,
 }
 
 impl EngineHandle {
@@ -43,10 +46,12 @@ impl EngineHandle {
             .build()
             .map_err(|e| WorkerError::NotReady(format!("cannot start compute threads: {e}")))?;
         let (tx, rx) = mpsc::channel(8);
+        let kv = model.new_pool(config.kv_block_size, config.kv_num_blocks)?;
         let engine = Engine {
             model,
             comm,
-            caches: HashMap::new(),
+            pool: kv,
+            history: HashMap::new(),
             debug_logits: config.debug_logits,
         };
         std::thread::Builder::new()
@@ -69,7 +74,9 @@ impl EngineHandle {
 struct Engine {
     model: RankModel,
     comm: Box<dyn Communicator>,
-    caches: HashMap<u64, SeqCache>,
+    pool: KvPool,
+    /// Every token seen of each live sequence, by position (for penalties).
+    history: HashMap<u64, Vec<u32>>,
     debug_logits: bool,
 }
 
@@ -83,40 +90,56 @@ impl Engine {
         tracing::info!("engine thread stopped");
     }
 
+    /// Brings each sequence's token history up to date with this step.
+    fn update_history(&mut self, seqs: &[pb::SequenceStep]) -> Result<(), WorkerError> {
+        for seq in seqs {
+            let h = self.history.entry(seq.seq_id).or_default();
+            if !seq.history.is_empty() {
+                h.clone_from(&seq.history);
+            }
+            let start = seq.start_pos as usize;
+            if h.len() < start {
+                return Err(WorkerError::InvalidArgument(format!(
+                    "sequence {} starts at position {start} but this worker knows only {} of its tokens",
+                    seq.seq_id,
+                    h.len()
+                )));
+            }
+            h.truncate(start);
+            h.extend_from_slice(&seq.tokens);
+        }
+        Ok(())
+    }
+
     fn step(&mut self, req: &pb::StepRequest) -> Result<pb::StepResponse, WorkerError> {
         for id in &req.release_seq_ids {
-            self.caches.remove(id);
+            self.history.remove(id);
         }
         let mut resp = pb::StepResponse {
             step_id: req.step_id,
             rank: self.model.rank() as u32,
             ..Default::default()
         };
-        for seq in &req.seqs {
-            let mut cache = self
-                .caches
-                .remove(&seq.seq_id)
-                .unwrap_or_else(|| self.model.new_cache());
-            let logits = self.model.forward(
-                self.comm.as_mut(),
-                &mut cache,
-                &seq.tokens,
-                seq.start_pos as usize,
-            )?;
-            // Only a cache whose step completed is kept: a failed step
-            // leaves a half-written cache, which is dropped above.
-            self.caches.insert(seq.seq_id, cache);
-            if !seq.sample {
-                continue;
-            }
-            let params = sampling_params(seq.sampling.as_ref());
-            let position = seq.start_pos as u64 + seq.tokens.len() as u64;
-            let s = sample(&logits, &params, position);
-            resp.tokens.push(pb::SampledToken {
-                seq_id: seq.seq_id,
-                token: s.token,
-                logprob: s.logprob,
-            });
+        if req.seqs.is_empty() {
+            return Ok(resp);
+        }
+        self.update_history(&req.seqs)?;
+        let inputs: Vec<SeqInput<'_>> = req
+            .seqs
+            .iter()
+            .map(|s| SeqInput {
+                tokens: &s.tokens,
+                start_pos: s.start_pos as usize,
+                block_table: &s.block_table,
+                want_logits: s.sample,
+            })
+            .collect();
+        let logits = self
+            .model
+            .forward_batch(self.comm.as_mut(), &mut self.pool, &inputs)?;
+        let sampled = req.seqs.iter().filter(|s| s.sample);
+        for (seq, logits) in sampled.zip(logits) {
+            resp.tokens.push(self.sample(seq, &logits));
             if req.debug_return_logits && self.debug_logits {
                 resp.debug_logits.push(pb::DebugLogits {
                     seq_id: seq.seq_id,
@@ -125,6 +148,29 @@ impl Engine {
             }
         }
         Ok(resp)
+    }
+
+    fn sample(&self, seq: &pb::SequenceStep, logits: &[f32]) -> pb::SampledToken {
+        let params = sampling_params(seq.sampling.as_ref());
+        let empty = Vec::new();
+        let h = self.history.get(&seq.seq_id).unwrap_or(&empty);
+        let split = (seq.prompt_len as usize).min(h.len());
+        let history = TokenHistory {
+            prompt: &h[..split],
+            output: &h[split..],
+        };
+        let position = seq.start_pos as u64 + seq.tokens.len() as u64;
+        let s = sample_full(logits, &params, &history, position);
+        pb::SampledToken {
+            seq_id: seq.seq_id,
+            token: s.token,
+            logprob: s.logprob,
+            top: s
+                .top
+                .into_iter()
+                .map(|(token, logprob)| pb::TokenLogprob { token, logprob })
+                .collect(),
+        }
     }
 }
 
@@ -136,6 +182,11 @@ fn sampling_params(s: Option<&pb::Sampling>) -> SamplingParams {
             top_k: s.top_k,
             top_p: s.top_p,
             seed: s.seed,
+            min_p: s.min_p,
+            repetition_penalty: s.repetition_penalty,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            top_logprobs: s.top_logprobs.min(20),
         },
     }
 }

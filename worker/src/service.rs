@@ -95,6 +95,12 @@ impl WorkerService {
             .take()
             .ok_or_else(|| WorkerError::NotReady("this worker was loaded already".into()))?;
         let comm_cfg = comm_config(&req, rank, world)?;
+        let (kv_block_size, kv_num_blocks) = (req.kv_block_size, req.kv_num_blocks);
+        if kv_block_size == 0 || kv_num_blocks == 0 {
+            return Err(WorkerError::InvalidArgument(
+                "the KV cache needs a block size and a block count".into(),
+            ));
+        }
         let (model, comm) = tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
             let model = RankModel::from_shard(&cfg, &shard)?;
             let comm: Box<dyn Communicator> = if world == 1 {
@@ -112,6 +118,8 @@ impl WorkerService {
             EngineConfig {
                 threads: self.state.threads,
                 debug_logits: self.state.debug_logits,
+                kv_block_size: kv_block_size as usize,
+                kv_num_blocks: kv_num_blocks as usize,
             },
         )?;
         *lock(&self.state.engine) = Some(engine);

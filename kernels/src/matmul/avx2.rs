@@ -20,7 +20,7 @@ use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 /// Horizontal sum of the 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     // SAFETY: register-only intrinsics; the CPU features are guaranteed by the caller.
     unsafe {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -33,7 +33,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// One f16 to f32 with the F16C instruction (no runtime detection per call).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_to_f32(h: f16) -> f32 {
+pub(super) unsafe fn f16_to_f32(h: f16) -> f32 {
     // SAFETY: register-only intrinsics; the CPU features are guaranteed by the caller.
     unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))) }
 }
@@ -78,33 +78,6 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         }
         let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
         hsum(s) + tail
-    }
-}
-
-/// Four dot products of rows `w` with one `x` (each row as long as `x`), sharing the
-/// loads of `x`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot4_f32(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-    let n = w.iter().fold(x.len(), |n, r| n.min(r.len()));
-    let main = n - n % 8;
-    // SAFETY: every load reads 8 floats at an offset `i` with `i + 8 <= main <= len`
-    // of the slice it comes from; features guaranteed by the caller.
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i < main {
-            let xv = _mm256_loadu_ps(x.as_ptr().add(i));
-            for (a, r) in acc.iter_mut().zip(w) {
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(r.as_ptr().add(i)), xv, *a);
-            }
-            i += 8;
-        }
-        let mut out = [0f32; 4];
-        for ((o, a), r) in out.iter_mut().zip(acc).zip(w) {
-            let tail: f32 = r[main..n].iter().zip(&x[main..n]).map(|(p, q)| p * q).sum();
-            *o = hsum(a) + tail;
-        }
-        out
     }
 }
 
@@ -186,9 +159,20 @@ pub(super) unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn block_fma(v: [__m256; 4], x: &[f32]) -> __m256 {
-    debug_assert!(x.len() >= QK);
-    let p = x.as_ptr();
-    // SAFETY: `x` is a 32-float block chunk; loads read floats 0..32.
+    assert!(x.len() >= QK);
+    // SAFETY: `x` holds at least 32 floats (checked above).
+    unsafe { block_fma_at(v, x.as_ptr()) }
+}
+
+/// [`block_fma`] on a raw pointer: the one per-block product sequence of every quantized
+/// kernel, batch-1 and batched alike.
+///
+/// # Safety
+/// `p` must be valid for reading 32 floats; the CPU must have AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn block_fma_at(v: [__m256; 4], p: *const f32) -> __m256 {
+    // SAFETY: the caller guarantees 32 readable floats at `p`; loads read floats 0..32.
     unsafe {
         let s = _mm256_mul_ps(v[0], _mm256_loadu_ps(p));
         let s = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(p.add(8)), s);
@@ -221,7 +205,7 @@ pub(super) unsafe fn dot_q8_0(blocks: &[BlockQ8_0], x: &[f32]) -> f32 {
 /// The low 8 signed bytes of `v` as 8 f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen(v: __m128i) -> __m256 {
+pub(super) unsafe fn widen(v: __m128i) -> __m256 {
     // SAFETY: register-only intrinsics; the CPU features are guaranteed by the caller.
     unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)) }
 }
@@ -231,7 +215,7 @@ unsafe fn widen(v: __m128i) -> __m256 {
 /// bytes 0..8 / 8..16 into 32-bit lanes, then mask (low nibbles) or shift (high nibbles).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibble_vectors(qs: &[u8; QK / 2]) -> [__m256; 4] {
+pub(super) unsafe fn nibble_vectors(qs: &[u8; QK / 2]) -> [__m256; 4] {
     const Z: i8 = -128; // pshufb: zero this byte
                         // SAFETY: one 16-byte load of the 16-byte `qs` array; the rest is register-only.
     unsafe {

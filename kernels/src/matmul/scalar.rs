@@ -28,11 +28,6 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Four dot products of rows `w` with one `x`.
-pub(crate) fn dot4_f32(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-    w.map(|r| dot_f32(r, x))
-}
-
 /// `y += alpha * x` over the common length.
 pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {

@@ -3,7 +3,7 @@ use crate::attention::attention_with;
 use crate::isa::Isa;
 use crate::{attention, AttentionShape, KernelError};
 
-fn ref_attention(
+pub(super) fn ref_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],

@@ -2,9 +2,11 @@
 
 mod attention;
 mod device;
+mod invariance;
 mod matmul;
 mod matrix;
 mod ops;
+mod paged;
 mod reference;
 mod rope;
 

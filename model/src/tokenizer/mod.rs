@@ -337,15 +337,17 @@ impl Tokenizer {
 /// It decodes the tail window `tokens[prefix_offset..]` and emits only the
 /// part after what the window had already produced (`tokens[prefix_offset..
 /// read_offset]`), and only when it does not end in U+FFFD.
-pub struct IncrementalDecoder<'a> {
-    tok: &'a Tokenizer,
+///
+/// Works over any handle to the tokenizer: `&Tokenizer` or `Arc<Tokenizer>`.
+pub struct IncrementalDecoder<T: std::ops::Deref<Target = Tokenizer>> {
+    tok: T,
     tokens: Vec<u32>,
     prefix_offset: usize,
     read_offset: usize,
 }
 
-impl<'a> IncrementalDecoder<'a> {
-    pub fn new(tok: &'a Tokenizer) -> Self {
+impl<T: std::ops::Deref<Target = Tokenizer>> IncrementalDecoder<T> {
+    pub fn new(tok: T) -> Self {
         Self {
             tok,
             tokens: Vec::new(),

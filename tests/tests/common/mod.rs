@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod server;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -220,6 +221,8 @@ pub async fn start_group(model: &Path, tp: usize, source: pb::ShardSource) -> Te
         eos_token_ids: config.eos_token_ids.clone(),
         session: 0x5eed,
         collective_timeout_ms: 30_000,
+        kv_block_size: 16,
+        kv_num_blocks: 64,
         ..Default::default()
     };
     let loaded = group.load(&load).await.expect("load");
@@ -247,7 +250,8 @@ impl TestGroup {
                     tokens: input.clone(),
                     start_pos: pos,
                     sample: true,
-                    sampling: None,
+                    block_table: (0..(pos as usize + input.len()).div_ceil(16) as u32).collect(),
+                    ..Default::default()
                 }],
                 debug_return_logits: true,
                 ..Default::default()

@@ -1,0 +1,320 @@
+//! The scheduler: an actor that owns the waiting queue, the running batch
+//! and the KV blocks, and drives the worker group one step at a time with
+//! iteration-level (continuous) batching and chunked prefill.
+
+mod plan;
+mod seq;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use weft_model::tokenizer::Tokenizer;
+
+use crate::group::WorkerGroup;
+use crate::kv::{BlockManager, KvStats};
+use crate::request::GenRequest;
+pub use seq::EventTx;
+use seq::Seq;
+
+/// Limits of the batcher.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Sequences in one step.
+    pub max_num_seqs: usize,
+    /// Tokens in one step (prefill chunks plus decodes).
+    pub max_batched_tokens: usize,
+    /// Requests waiting for admission; beyond it new ones are refused.
+    pub max_waiting: usize,
+    pub kv_block_size: usize,
+    pub kv_num_blocks: usize,
+    pub prefix_caching: bool,
+    /// Context length of the model.
+    pub max_model_len: usize,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// Counters for tests, logs and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct SchedulerStats {
+    pub kv: KvStats,
+    pub running: usize,
+    pub waiting: usize,
+    pub steps: u64,
+    pub preemptions: u64,
+    /// Tokens run through the model (prefill chunks and decodes).
+    pub computed_tokens: u64,
+    pub generated_tokens: u64,
+    /// Time the scheduler spent planning steps and handling results.
+    pub coordinator_time: Duration,
+    /// Time spent waiting for the workers' step answers.
+    pub step_time: Duration,
+}
+
+enum Command {
+    Submit {
+        seq: Box<Seq>,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    Stats {
+        reply: oneshot::Sender<SchedulerStats>,
+    },
+}
+
+/// Handle to the scheduler actor.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Command>,
+    tokenizer: Arc<Tokenizer>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SchedulerHandle {
+    /// Starts the actor on the current runtime.
+    pub fn spawn(cfg: SchedulerConfig, group: WorkerGroup, tokenizer: Arc<Tokenizer>) -> Self {
+        let (tx, rx) = mpsc::channel(256);
+        let kv = BlockManager::new(cfg.kv_num_blocks, cfg.kv_block_size, cfg.prefix_caching);
+        let actor = Scheduler {
+            cfg,
+            group,
+            tokenizer: tokenizer.clone(),
+            kv,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            released: Vec::new(),
+            broken: None,
+            stats: SchedulerStats::default(),
+            next_step: 1,
+            last_log: Instant::now(),
+        };
+        tokio::spawn(actor.run(rx));
+        SchedulerHandle {
+            tx,
+            tokenizer,
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        }
+    }
+
+    /// Queues a validated request whose events go to `events` (which must
+    /// hold max_tokens + 2 messages). Refused with RESOURCE_EXHAUSTED when
+    /// the waiting queue is full.
+    pub async fn submit(
+        &self,
+        req: GenRequest,
+        events: EventTx,
+        deadline: Option<Instant>,
+    ) -> Result<(), Status> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = Box::new(Seq::new(id, req, events, self.tokenizer.clone(), deadline));
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit { seq, reply })
+            .await
+            .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the scheduler has stopped"))?
+    }
+
+    pub async fn stats(&self) -> Option<SchedulerStats> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Stats { reply }).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+struct Scheduler {
+    cfg: SchedulerConfig,
+    group: WorkerGroup,
+    tokenizer: Arc<Tokenizer>,
+    kv: BlockManager,
+    /// Admission order; preempted sequences go back to the front.
+    waiting: VecDeque<Box<Seq>>,
+    /// Admitted sequences, oldest first. Boxed like the queue's so moving
+    /// a sequence between the two (admission, preemption) moves a pointer.
+    #[allow(clippy::vec_box)]
+    running: Vec<Box<Seq>>,
+    /// Sequences whose worker state is dropped with the next step.
+    released: Vec<u64>,
+    /// Set when a step failed: the group is not serving.
+    broken: Option<String>,
+    stats: SchedulerStats,
+    next_step: u64,
+    last_log: Instant,
+}
+
+impl Scheduler {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            while let Ok(cmd) = rx.try_recv() {
+                self.handle(cmd);
+            }
+            self.reap(Instant::now());
+            if self.running.is_empty() && self.waiting.is_empty() {
+                self.flush_releases().await;
+                let Some(cmd) = rx.recv().await else {
+                    break;
+                };
+                self.handle(cmd);
+                continue;
+            }
+            let t0 = Instant::now();
+            let Some(step) = self.plan() else {
+                // Nothing fits right now (cannot happen while validation
+                // bounds requests by the cache); wait for a change.
+                if let Ok(Some(cmd)) =
+                    tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
+                {
+                    self.handle(cmd);
+                }
+                continue;
+            };
+            self.stats.coordinator_time += t0.elapsed();
+            let t1 = Instant::now();
+            let group = self.group.clone();
+            let request = step.request.clone();
+            let mut fut = std::pin::pin!(async move { group.step(request).await });
+            let result = loop {
+                tokio::select! {
+                    r = &mut fut => break r,
+                    Some(cmd) = rx.recv() => self.handle(cmd),
+                }
+            };
+            self.stats.step_time += t1.elapsed();
+            let t2 = Instant::now();
+            match result {
+                Ok(resp) => self.apply(step, resp),
+                Err(e) => self.fail_group(e.to_string()),
+            }
+            self.stats.coordinator_time += t2.elapsed();
+            self.maybe_log_stats();
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit { seq, reply } => {
+                let r = if let Some(why) = &self.broken {
+                    Err(Status::unavailable(format!(
+                        "the worker group is not serving: {why}"
+                    )))
+                } else if self.waiting.len() >= self.cfg.max_waiting {
+                    Err(Status::resource_exhausted(format!(
+                        "the server is at capacity ({} requests waiting); retry later",
+                        self.waiting.len()
+                    )))
+                } else {
+                    self.waiting.push_back(seq);
+                    Ok(())
+                };
+                let _ = reply.send(r);
+            }
+            Command::Stats { reply } => {
+                let mut s = self.stats.clone();
+                s.kv = self.kv.stats();
+                s.running = self.running.len();
+                s.waiting = self.waiting.len();
+                let _ = reply.send(s);
+            }
+        }
+    }
+
+    /// Every 10 s of activity: a summary line (no request content).
+    fn maybe_log_stats(&mut self) {
+        if self.last_log.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        self.last_log = Instant::now();
+        let s = &self.stats;
+        let busy = s.coordinator_time + s.step_time;
+        let share = s.coordinator_time.as_secs_f64() / busy.as_secs_f64().max(1e-9);
+        let kv = self.kv.stats();
+        tracing::info!(
+            steps = s.steps,
+            generated_tokens = s.generated_tokens,
+            computed_tokens = s.computed_tokens,
+            preemptions = s.preemptions,
+            running = self.running.len(),
+            waiting = self.waiting.len(),
+            kv_used = kv.in_use,
+            kv_total = kv.total,
+            coordinator_share = format!("{:.2}%", share * 100.0),
+            "serving stats"
+        );
+    }
+
+    /// Drops sequences whose client went away or whose deadline passed.
+    fn reap(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let s = &self.running[i];
+            if s.client_gone() || s.expired(now) {
+                let s = self.running.remove(i);
+                self.end(s, Some(now));
+            } else {
+                i += 1;
+            }
+        }
+        let (keep, gone): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|s| !s.client_gone() && !s.expired(now));
+        self.waiting = keep;
+        for s in gone {
+            self.end(s, Some(now));
+        }
+    }
+
+    /// Frees a sequence that did not finish normally.
+    fn end(&mut self, s: Box<Seq>, now: Option<Instant>) {
+        if now.is_some_and(|n| s.expired(n)) {
+            s.fail(Status::deadline_exceeded(
+                "the request's deadline passed before it finished",
+            ));
+        }
+        tracing::debug!(seq = s.id, "sequence cancelled");
+        self.free(&s);
+    }
+
+    /// Returns a sequence's blocks and schedules its worker state release.
+    fn free(&mut self, s: &Seq) {
+        if let Err(e) = self.kv.release(&s.blocks) {
+            tracing::error!(seq = s.id, error = %e, "KV block accounting error");
+        }
+        self.released.push(s.id);
+    }
+
+    async fn flush_releases(&mut self) {
+        if self.released.is_empty() || self.broken.is_some() {
+            return;
+        }
+        let req = weft_proto::cluster::v1::StepRequest {
+            step_id: self.next_step,
+            release_seq_ids: std::mem::take(&mut self.released),
+            ..Default::default()
+        };
+        self.next_step += 1;
+        if let Err(e) = self.group.step(req).await {
+            self.fail_group(e.to_string());
+        }
+    }
+
+    /// A step failed: every request in flight ends with UNAVAILABLE and the
+    /// group stops serving.
+    fn fail_group(&mut self, why: String) {
+        tracing::error!(error = %why, "step failed; the worker group is not serving");
+        let status = Status::unavailable(format!("the worker group failed: {why}"));
+        for s in std::mem::take(&mut self.running)
+            .into_iter()
+            .chain(std::mem::take(&mut self.waiting))
+        {
+            s.fail(status.clone());
+            self.free(&s);
+        }
+        self.released.clear();
+        self.broken = Some(why);
+    }
+}

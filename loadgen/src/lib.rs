@@ -1,0 +1,14 @@
+//! weft-load: a load generator for weft's gRPC API and for OpenAI-compatible
+//! completion servers, reporting vLLM-style serving metrics.
+//!
+//! - [`target`]: the servers (one [`target::Target`] per protocol).
+//! - [`workload`]: what each request asks for.
+//! - [`runner`]: the load shape (concurrency, budget, warm-up, deadline).
+//! - [`metrics`]: pure metric math; [`report`]: JSON and summary line.
+
+pub mod cli;
+pub mod metrics;
+pub mod report;
+pub mod runner;
+pub mod target;
+pub mod workload;

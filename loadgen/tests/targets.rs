@@ -1,0 +1,179 @@
+//! Both targets against in-process fake servers: a weft.v1 gRPC server and
+//! an OpenAI-style SSE server, each streaming a known number of tokens.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+use weft_loadgen::runner::{self, LoadShape};
+use weft_loadgen::target::{self, GenRequest};
+use weft_loadgen::workload::Workload;
+use weft_proto::v1::generate_response::Event;
+use weft_proto::v1::generation_server::{Generation, GenerationServer};
+use weft_proto::v1::{
+    FinishReason, Finished, GenerateRequest, GenerateResponse, TokenDelta, Usage,
+};
+
+type Events = Pin<Box<dyn Stream<Item = Result<GenerateResponse, Status>> + Send>>;
+
+/// Streams `max_tokens` tokens, then Finished; refuses requests without
+/// `ignore_eos` so the test checks what the target sends.
+struct FakeWeft;
+
+#[tonic::async_trait]
+impl Generation for FakeWeft {
+    type GenerateStreamStream = Events;
+
+    async fn generate_stream(
+        &self,
+        req: Request<GenerateRequest>,
+    ) -> Result<Response<Events>, Status> {
+        let req = req.into_inner();
+        if !req.ignore_eos || req.sampling.is_some() || req.prompt.is_none() {
+            return Err(Status::invalid_argument(
+                "want ignore_eos, greedy, a prompt",
+            ));
+        }
+        let n = req.max_tokens;
+        let tokens = (0..n).map(|i| {
+            Event::Token(TokenDelta {
+                id: i,
+                text: if i == 0 { String::new() } else { "x".into() },
+                ..Default::default()
+            })
+        });
+        let finished = Event::Finished(Finished {
+            reason: FinishReason::Length as i32,
+            usage: Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: n,
+                cached_prompt_tokens: 0,
+            }),
+            ..Default::default()
+        });
+        let events = tokens
+            .chain(std::iter::once(finished))
+            .map(|e| Ok(GenerateResponse { event: Some(e) }));
+        Ok(Response::new(Box::pin(futures::stream::iter(events))))
+    }
+}
+
+async fn spawn_fake_weft() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(GenerationServer::new(FakeWeft))
+            .serve_with_incoming(incoming),
+    );
+    format!("grpc://{addr}")
+}
+
+/// Answers each HTTP request with an SSE stream of `chunks` text chunks, an
+/// empty chunk, a usage chunk and `[DONE]`, then closes the connection.
+async fn spawn_fake_openai(chunks: usize, usage: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                let mut body = String::new();
+                for _ in 0..chunks {
+                    body.push_str("data: {\"choices\":[{\"text\":\"tok\"}]}\n\n");
+                }
+                body.push_str("data: {\"choices\":[{\"text\":\"\"}]}\n\n");
+                body.push_str(&format!(
+                    "data: {{\"choices\":[],\"usage\":{{\"completion_tokens\":{usage}}}}}\n\n"
+                ));
+                body.push_str("data: [DONE]\n\n");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn shape(concurrency: usize, requests: usize) -> LoadShape {
+    LoadShape {
+        concurrency,
+        requests,
+        warmup: 1,
+        max_duration: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test]
+async fn grpc_target_counts_every_token() {
+    let url = spawn_fake_weft().await;
+    let endpoint = target::parse_target(&url, false).expect("endpoint");
+    let t = target::connect(&endpoint, None).await.expect("connect");
+    let timeline = t
+        .generate(GenRequest {
+            prompt: "hi".into(),
+            max_tokens: 7,
+        })
+        .await
+        .expect("generate");
+    // The first token has empty text but is still a token.
+    assert_eq!(timeline.token_times.len(), 7);
+    assert_eq!(timeline.output_tokens, 7);
+
+    let out = runner::run(t.as_ref(), &shape(3, 6), &Workload::new(4, true)).await;
+    assert_eq!(out.warmup.ok(), 1);
+    assert_eq!(out.measured.ok(), 6);
+}
+
+#[tokio::test]
+async fn openai_target_prefers_reported_usage() {
+    let url = spawn_fake_openai(5, 6).await;
+    let endpoint = target::parse_target(&url, false).expect("endpoint");
+    let t = target::connect(&endpoint, Some("m".into()))
+        .await
+        .expect("connect");
+    let timeline = t
+        .generate(GenRequest {
+            prompt: "hi".into(),
+            max_tokens: 6,
+        })
+        .await
+        .expect("generate");
+    assert_eq!(timeline.token_times.len(), 5);
+    assert_eq!(timeline.output_tokens, 6);
+
+    let out = runner::run(t.as_ref(), &shape(2, 4), &Workload::new(6, false)).await;
+    assert_eq!(out.measured.ok(), 4);
+}
+
+#[tokio::test]
+async fn refused_connections_are_reported_by_code() {
+    // Bind then drop a listener to get a port nobody listens on.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let endpoint = target::parse_target(&format!("http://{addr}"), false).expect("endpoint");
+    let t = target::connect(&endpoint, Some("m".into()))
+        .await
+        .expect("no I/O when the model is given");
+    let err = t
+        .generate(GenRequest {
+            prompt: "hi".into(),
+            max_tokens: 1,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code, "connect");
+}
