@@ -12,18 +12,11 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
-    /// The best instruction set this CPU supports (cached). `WEFT_NO_SIMD` set to
-    /// anything but `0` or empty forces [`Isa::Scalar`].
+    /// The best instruction set this CPU supports (cached). Tests reach the
+    /// portable path through the `*_with(Isa::Scalar, ..)` entry points.
     pub(crate) fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            let disabled = std::env::var("WEFT_NO_SIMD").is_ok_and(|v| !v.is_empty() && v != "0");
-            if disabled {
-                Isa::Scalar
-            } else {
-                Isa::best_supported()
-            }
-        })
+        *ISA.get_or_init(Isa::best_supported)
     }
 
     fn best_supported() -> Isa {

@@ -4,7 +4,7 @@
 //!
 //! The CPU kernels are multithreaded with rayon (global pool) and use AVX2+FMA+F16C
 //! intrinsics when the CPU has them (runtime detection), with a portable fallback that
-//! LLVM can auto-vectorize. Setting `WEFT_NO_SIMD=1` forces the portable path.
+//! LLVM can auto-vectorize.
 
 mod attention;
 mod device;
