@@ -257,6 +257,9 @@ async fn serve_clients(
         .map_err(|e| CoordinatorError::Unavailable(format!("reflection: {e}")))?;
     let addr = client.local_addr()?;
     let server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            undecodable_is_invalid_argument,
+        ))
         .add_service(GenerationServer::new(GenerationService(model.clone())))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -270,6 +273,23 @@ async fn serve_clients(
     tracing::info!("shutting down the worker group");
     group.shutdown().await;
     Ok(())
+}
+
+/// tonic answers a request message that does not decode (for example a
+/// string field holding invalid UTF-8) with INTERNAL; for a client API that
+/// is bad input, so it becomes INVALID_ARGUMENT.
+fn undecodable_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let h = resp.headers_mut();
+    let decode_error = h.get("grpc-status").is_some_and(|v| v == "13")
+        && h.get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode")
+            });
+    if decode_error {
+        h.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    resp
 }
 
 fn served_name(args: &CoordinatorArgs, ckpt: &Checkpoint) -> String {

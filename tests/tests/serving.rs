@@ -550,3 +550,48 @@ async fn stop_strings_stop_tokens_logprobs_and_ignore_eos() {
     }
     server.stop().await;
 }
+
+/// GenerateRequest with the prompt text as raw bytes, to send invalid UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawRequest {
+    #[prost(bytes = "vec", tag = "2")]
+    text: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    max_tokens: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_prompt_is_invalid_argument() {
+    let _serial = SERIAL.lock().await;
+    let server = start(1, &[]).await;
+    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static("/weft.v1.Generation/GenerateStream");
+    let req = RawRequest {
+        text: vec![b'h', 0xff, 0xfe, b'i'],
+        max_tokens: 4,
+    };
+    let codec = tonic_prost::ProstCodec::<RawRequest, v1::GenerateResponse>::default();
+    let err = match grpc
+        .server_streaming(tonic::Request::new(req), path, codec)
+        .await
+    {
+        Ok(mut s) => s.get_mut().message().await.expect_err("must fail"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("UTF-8") || err.message().contains("utf-8"),
+        "{}",
+        err.message()
+    );
+    generate(&server.url, text_request("hi", 2))
+        .await
+        .expect("still serving");
+    server.stop().await;
+}
