@@ -134,17 +134,18 @@ impl Scheduler {
             .iter()
             .map(|it| {
                 let s = &self.running[it.index];
-                let all = s.tokens();
                 pb::SequenceStep {
                     seq_id: s.id,
-                    tokens: all[s.computed..s.computed + it.n_tokens].to_vec(),
+                    tokens: (s.computed..s.computed + it.n_tokens)
+                        .map(|p| s.token_at(p))
+                        .collect(),
                     start_pos: s.computed as u32,
                     sample: it.sample,
                     sampling: Some(s.req.sampling),
                     block_table: s.blocks.clone(),
                     prompt_len: s.req.prompt.len() as u32,
                     history: if s.needs_history {
-                        all[..s.computed].to_vec()
+                        (0..s.computed).map(|p| s.token_at(p)).collect()
                     } else {
                         Vec::new()
                     },
