@@ -1,6 +1,7 @@
 //! weft's model layer: configs, checkpoint readers, tensor-parallel shard
 //! plans, the tokenizer, collectives and the llama forward pass of one rank.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod comm;
 pub mod config;
