@@ -75,14 +75,14 @@ wait_for() {
   done
 }
 
-weft_ready() { grep -qs "weft-coordinator ready: client API on" "$1"; }
+weft_ready() { grep -qs "weft-coordinator ready: gRPC API on" "$1"; }
 http_ok() { [[ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" == 200 ]]; }
 
 start_weft() {
   local c="$1" port="$2" cport
   cport="$(free_port)"
   setsid "$BIN/weft-coordinator" --model "$MODEL" --tp 1 --local-workers \
-    --listen "127.0.0.1:$port" --cluster-listen "127.0.0.1:$cport" --max-num-seqs 64 \
+    --listen "127.0.0.1:$port" --cluster-listen "127.0.0.1:$cport" --http-listen 127.0.0.1:0 --max-num-seqs 64 \
     --worker-threads "$THREADS" \
     >"$OUT/weft-c$c.stdout" 2>"$OUT/weft-c$c.stderr" &
   SERVER_PID=$!

@@ -20,6 +20,48 @@ pub struct CoordinatorArgs {
     pub local: LocalArgs,
     #[command(flatten)]
     pub sched: SchedulerArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// How chat output of a reasoning model is split.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningArg {
+    /// Split `<think>` ... `</think>` when the chat template mentions `<think>`.
+    Auto,
+    /// Always split.
+    On,
+    /// Never split: reasoning stays in the answer text.
+    Off,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Address of the OpenAI-compatible HTTP API.
+    #[arg(long, env = "WEFT_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
+    pub http_listen: SocketAddr,
+    /// File of API keys, one per line; clients send `authorization: Bearer
+    /// <key>`. Keys may also come from the WEFT_API_KEY environment
+    /// variable (comma-separated), never from the command line. No key:
+    /// the APIs are open.
+    #[arg(long, env = "WEFT_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Require the API key for /health, /metrics and grpc.health.v1 too.
+    #[arg(long, env = "WEFT_AUTH_HEALTH", default_value_t = false)]
+    pub auth_health: bool,
+    /// Largest `n` (choices per request) the HTTP API accepts.
+    #[arg(long, env = "WEFT_MAX_N", default_value_t = 8)]
+    pub max_n: u32,
+    /// A Jinja chat template file to use instead of the checkpoint's.
+    #[arg(long, env = "WEFT_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+    /// Split reasoning (`<think>`) from the answer in chat output.
+    #[arg(long, env = "WEFT_REASONING", value_enum, default_value_t = ReasoningArg::Auto)]
+    pub reasoning: ReasoningArg,
+    /// Keys read from the environment by `main` (never parsed from the
+    /// command line).
+    #[arg(skip)]
+    pub api_key_env: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

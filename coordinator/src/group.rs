@@ -71,6 +71,38 @@ impl WorkerGroup {
             .ok_or_else(|| CoordinatorError::Unavailable("the group has no ranks".into()))
     }
 
+    /// Asks every rank for its state; an error names the first rank that
+    /// did not answer READY within `timeout`.
+    pub async fn health(&self, timeout: std::time::Duration) -> Result<(), CoordinatorError> {
+        let calls = self.clients.iter().map(|c| {
+            let mut c = c.clone();
+            async move {
+                let mut req = tonic::Request::new(pb::HealthRequest {});
+                req.set_timeout(timeout);
+                tokio::time::timeout(timeout, c.health(req)).await
+            }
+        });
+        for (rank, r) in join_all(calls).await.into_iter().enumerate() {
+            let h = match r {
+                Err(_) => {
+                    return Err(CoordinatorError::Unavailable(format!(
+                        "rank {rank} did not answer a health check within {timeout:?}"
+                    )))
+                }
+                Ok(r) => r.map_err(|status| CoordinatorError::Worker { rank, status })?,
+            };
+            let h = h.into_inner();
+            if h.state != pb::WorkerState::Ready as i32 {
+                return Err(CoordinatorError::Unavailable(format!(
+                    "rank {rank} is not ready ({:?}) {}",
+                    pb::WorkerState::try_from(h.state).unwrap_or(pb::WorkerState::Unspecified),
+                    h.detail
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Asks every worker to exit; errors are ignored (it may be gone).
     pub async fn shutdown(&self) {
         let calls = self.clients.iter().map(|c| {

@@ -3,17 +3,24 @@
 //! streams shards to workers that cannot read the checkpoint, drives every
 //! forward step across all ranks, and serves the client API.
 
+pub mod api;
 pub mod args;
+pub mod auth;
 pub mod error;
-pub mod generate;
 pub mod group;
+pub mod grpc;
+pub mod health;
+pub mod http;
 pub mod kv;
 pub mod local;
+pub mod metrics;
+pub mod openai;
 pub mod registry;
 pub mod request;
 pub mod scheduler;
 pub mod server;
 pub mod stop;
+pub mod trace;
 
 pub use args::CoordinatorArgs;
 pub use error::CoordinatorError;

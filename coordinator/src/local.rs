@@ -52,6 +52,8 @@ impl LocalWorkers {
         let mut children = Vec::with_capacity(cfg.world_size);
         for rank in 0..cfg.world_size {
             let mut cmd = Command::new(&cfg.bin);
+            // The client API keys are none of a worker's business.
+            cmd.env_remove("WEFT_API_KEY");
             cmd.arg("--coordinator")
                 .arg(&cfg.coordinator_url)
                 .arg("--rank")

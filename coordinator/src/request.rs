@@ -44,6 +44,13 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// Chat with a reasoning model: split `<think>` ... `</think>` from the
+    /// answer; `Some(true)` when the prompt already opened the tag.
+    pub reasoning: Option<bool>,
+    /// The client's W3C trace context, passed on to the workers.
+    pub traceparent: Option<String>,
+    /// The request's tracing span (never holds prompt text).
+    pub span: tracing::Span,
 }
 
 fn invalid(msg: impl Into<String>) -> CoordinatorError {
@@ -92,6 +99,9 @@ pub fn validate(
         stop: req.stop,
         stop_token_ids: req.stop_token_ids,
         ignore_eos: req.ignore_eos,
+        reasoning: None,
+        traceparent: None,
+        span: tracing::Span::none(),
     })
 }
 

@@ -7,37 +7,52 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use weft_model::chat::ChatTemplate;
 use weft_model::checkpoint::{Checkpoint, Format};
 use weft_model::shard::ShardPlan;
 use weft_model::tokenizer::{GgufTokenizerData, Tokenizer};
 use weft_proto::cluster::v1 as pb;
-use weft_proto::v1::generation_server::GenerationServer;
 use weft_worker::convert::config_to_proto;
 
-use crate::args::{CoordinatorArgs, SchedulerArgs, ShardSourceArg};
-use crate::generate::{GenerationService, ServedModel};
+use crate::api::{collect, Api, ApiConfig, RequestCtx, ServedModel};
+use crate::args::{CoordinatorArgs, ReasoningArg, SchedulerArgs, ShardSourceArg};
+use crate::auth::ApiKeys;
 use crate::group::WorkerGroup;
+use crate::grpc::serve_grpc;
+use crate::health::Health;
 use crate::local::{default_threads, default_worker_bin, LocalWorkerConfig, LocalWorkers};
 use crate::registry::{Registry, RegistryService};
 use crate::request::RequestLimits;
-use crate::scheduler::{SchedulerConfig, SchedulerHandle};
+use crate::scheduler::{SchedulerConfig, SchedulerDeps, SchedulerHandle};
 use crate::CoordinatorError;
 use weft_model::config::ModelConfig;
 
 /// Already-bound listeners (tests bind port 0).
 pub struct Listeners {
+    /// gRPC `weft.v1`.
     pub client: TcpListener,
+    /// The cluster API that workers call.
     pub cluster: TcpListener,
+    /// The OpenAI-compatible HTTP API.
+    pub http: TcpListener,
 }
 
-/// What a caller learns once the client API serves.
+/// What a caller learns once the model serves (health SERVING).
 pub struct Ready {
     pub addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
     pub scheduler: SchedulerHandle,
+    pub api: Arc<Api>,
 }
 
-/// Called once the client API serves.
+/// Called once the model serves.
 pub type OnReady = Box<dyn FnOnce(Ready) + Send>;
+
+/// How long in-flight requests may take to finish once shutdown begins.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How often, and how patiently, every rank's health is checked.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// KV-cache blocks per worker: --kv-blocks, or the memory budget divided by
 /// the size of one block on one rank (keys and values, every layer, this
@@ -80,31 +95,126 @@ fn load_tokenizer(ckpt: &Checkpoint) -> Result<Tokenizer, CoordinatorError> {
     }
 }
 
-/// Runs the coordinator until `shutdown` is cancelled (also during startup).
+/// A template given with --chat-template; BOS and EOS are the tokenizer's.
+fn template_from_file(
+    path: &std::path::Path,
+    tokenizer: &Tokenizer,
+) -> Result<ChatTemplate, CoordinatorError> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        CoordinatorError::InvalidArgument(format!("chat template {}: {e}", path.display()))
+    })?;
+    let token = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or_default()
+    };
+    ChatTemplate::new(
+        source,
+        token(tokenizer.bos_token_id()),
+        token(tokenizer.eos_token_id()),
+    )
+    .map_err(|e| {
+        CoordinatorError::InvalidArgument(format!("chat template {}: {e}", path.display()))
+    })
+}
+
+/// What the startup task learns from the checkpoint.
+struct Opened {
+    ckpt: Arc<Checkpoint>,
+    plan: Arc<ShardPlan>,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+}
+
+fn open_checkpoint(args: &CoordinatorArgs) -> Result<Opened, CoordinatorError> {
+    let ckpt = Checkpoint::open(&args.model.model)?;
+    let plan = ShardPlan::for_checkpoint(&ckpt, args.model.tp)?;
+    let tokenizer = load_tokenizer(&ckpt)?;
+    let template = match &args.api.chat_template {
+        Some(path) => Some(template_from_file(path, &tokenizer)?),
+        None => ChatTemplate::for_checkpoint(&ckpt)
+            .map_err(|e| CoordinatorError::InvalidArgument(format!("chat template: {e}")))?,
+    };
+    Ok(Opened {
+        ckpt: Arc::new(ckpt),
+        plan: Arc::new(plan),
+        tokenizer,
+        template,
+    })
+}
+
+fn served_model(args: &CoordinatorArgs, o: Opened, sched: &SchedulerConfig) -> ServedModel {
+    let reasoning = match args.api.reasoning {
+        ReasoningArg::Auto => o.template.as_ref().is_some_and(|t| t.supports_reasoning()),
+        ReasoningArg::On => true,
+        ReasoningArg::Off => false,
+    };
+    ServedModel {
+        name: served_name(args, &o.ckpt),
+        config: o.ckpt.config().clone(),
+        tokenizer: Arc::new(o.tokenizer),
+        template: o.template,
+        reasoning,
+        limits: RequestLimits::new(
+            sched.max_model_len,
+            sched.kv_num_blocks * sched.kv_block_size,
+        ),
+        tensor_parallel: args.model.tp,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    }
+}
+
+/// Runs the coordinator until `shutdown` is cancelled (also during
+/// startup). The client APIs answer from the start, NOT_SERVING until
+/// every rank has loaded its shard and a canary step has run.
 pub async fn run(
     args: CoordinatorArgs,
     listeners: Listeners,
     shutdown: CancellationToken,
     on_ready: OnReady,
 ) -> Result<(), CoordinatorError> {
-    let path = args.model.model.clone();
+    let keys = ApiKeys::load(
+        args.api.api_key_file.as_deref(),
+        args.api.api_key_env.as_deref(),
+    )
+    .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
     let tp = args.model.tp;
-    let (ckpt, plan, tokenizer) =
-        tokio::task::spawn_blocking(move || -> Result<_, CoordinatorError> {
-            let ckpt = Checkpoint::open(&path)?;
-            let plan = ShardPlan::for_checkpoint(&ckpt, tp)?;
-            let tokenizer = load_tokenizer(&ckpt)?;
-            Ok((Arc::new(ckpt), Arc::new(plan), tokenizer))
-        })
+    let startup_args = args.clone();
+    let opened = tokio::task::spawn_blocking(move || open_checkpoint(&startup_args))
         .await
         .map_err(|e| CoordinatorError::Unavailable(format!("startup task failed: {e}")))??;
+    let (ckpt, plan) = (opened.ckpt.clone(), opened.plan.clone());
     let config = ckpt.config().clone();
     tracing::info!(
         layers = config.num_layers,
         hidden = config.hidden_size,
         tp,
+        chat_template = opened.template.is_some(),
+        api_keys = keys.len(),
         "checkpoint opened"
     );
+    let sched = scheduler_config(&args, &config);
+    let health = Health::new("loading the model");
+    let api = Api::new(
+        served_model(&args, opened, &sched),
+        ApiConfig {
+            keys,
+            auth_health: args.api.auth_health,
+            max_n: args.api.max_n.max(1),
+        },
+        health.clone(),
+    );
+    let serving = CancellationToken::new();
+    let addr = listeners.client.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let grpc_task = tokio::spawn(serve_grpc(api.clone(), listeners.client, serving.clone()));
+    let http_task = tokio::spawn(crate::http::serve(
+        api.clone(),
+        listeners.http,
+        serving.clone(),
+    ));
+    tracing::info!(%addr, %http_addr, "client APIs listening (not serving until loaded)");
 
     let registry = Registry::new(tp, ckpt.clone(), plan);
     let cluster_addr = listeners.cluster.local_addr()?;
@@ -117,7 +227,6 @@ pub async fn run(
     let coordinator_url = format!("http://{cluster_addr}");
     let mut local = spawn_local_workers(&args, &coordinator_url)?;
 
-    let sched = scheduler_config(&args, &config);
     tracing::info!(
         kv_blocks = sched.kv_num_blocks,
         kv_block_size = sched.kv_block_size,
@@ -125,39 +234,112 @@ pub async fn run(
         max_batched_tokens = sched.max_batched_tokens,
         "scheduler limits"
     );
-    let startup = start_group(
-        &args,
-        &ckpt,
-        &registry,
-        coordinator_url,
-        local.as_mut(),
-        &sched,
-    );
+    let startup = async {
+        let group = start_group(
+            &args,
+            &ckpt,
+            &registry,
+            coordinator_url,
+            local.as_mut(),
+            &sched,
+        )
+        .await?;
+        let scheduler = SchedulerHandle::spawn(
+            sched.clone(),
+            SchedulerDeps {
+                group: group.clone(),
+                tokenizer: api.model.tokenizer.clone(),
+                metrics: api.metrics.clone(),
+                health: health.clone(),
+            },
+        );
+        api.attach(scheduler.clone());
+        canary(&api).await?;
+        Ok::<_, CoordinatorError>((group, scheduler))
+    };
     let result = tokio::select! {
-        group = startup => match group {
-            Ok(group) => {
-                let tokenizer = Arc::new(tokenizer);
-                let model = Arc::new(ServedModel {
-                    name: served_name(&args, &ckpt),
-                    limits: RequestLimits::new(sched.max_model_len, sched.kv_num_blocks * sched.kv_block_size),
-                    config,
-                    scheduler: SchedulerHandle::spawn(sched, group.clone(), tokenizer.clone()),
-                    tokenizer,
-                });
-                serve_clients(model, group, listeners.client, shutdown, on_ready).await
+        started = startup => match started {
+            Ok((group, scheduler)) => {
+                health.set_serving();
+                tracing::info!(%addr, %http_addr, "serving");
+                on_ready(Ready { addr, http_addr, scheduler: scheduler.clone(), api: api.clone() });
+                let watch = tokio::spawn(watch_group(group.clone(), scheduler));
+                shutdown.cancelled().await;
+                watch.abort();
+                Ok(Some(group))
             }
             Err(e) => Err(e),
         },
         _ = shutdown.cancelled() => {
             tracing::info!("shutdown requested during startup");
-            Ok(())
+            Ok(None)
         }
     };
+    // Drain: NOT_SERVING first, then let the APIs finish what is in flight.
+    health.set_not_serving("the server is shutting down");
+    serving.cancel();
+    for task in [grpc_task, http_task] {
+        let abort = task.abort_handle();
+        match tokio::time::timeout(DRAIN_GRACE, task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API ended with an error"),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within {DRAIN_GRACE:?}");
+                abort.abort();
+            }
+            _ => {}
+        }
+    }
+    if let Ok(Some(group)) = &result {
+        tracing::info!("shutting down the worker group");
+        group.shutdown().await;
+    }
     cluster_task.abort();
     if let Some(l) = local {
         l.stop(Duration::from_secs(5)).await;
     }
-    result
+    result.map(|_| ())
+}
+
+/// One greedy token through the whole group before health says SERVING.
+async fn canary(api: &Api) -> Result<(), CoordinatorError> {
+    let first = api
+        .model
+        .config
+        .bos_token_id
+        .or_else(|| api.model.tokenizer.bos_token_id())
+        .unwrap_or(0);
+    let req = weft_proto::v1::GenerateRequest {
+        prompt: Some(weft_proto::v1::generate_request::Prompt::TokenIds(
+            weft_proto::v1::TokenIds { ids: vec![first] },
+        )),
+        max_tokens: 1,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let rx = api
+        .generate(req, &RequestCtx::default())
+        .await
+        .map_err(|e| CoordinatorError::Unavailable(format!("canary step: {e}")))?;
+    let reply = collect(rx)
+        .await
+        .map_err(|e| CoordinatorError::Unavailable(format!("canary step: {e}")))?;
+    tracing::info!(tokens = reply.tokens.len(), "canary step completed");
+    Ok(())
+}
+
+/// Checks every rank's health every few seconds; a rank that does not
+/// answer READY breaks the group (requests in flight end UNAVAILABLE and
+/// health goes NOT_SERVING).
+async fn watch_group(group: WorkerGroup, scheduler: SchedulerHandle) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Err(e) = group.health(HEALTH_TIMEOUT).await {
+            tracing::error!(error = %e, "a rank failed its health check");
+            scheduler.fail(e.to_string()).await;
+            return;
+        }
+    }
 }
 
 fn spawn_local_workers(
@@ -238,58 +420,6 @@ async fn start_group(
         );
     }
     Ok(group)
-}
-
-async fn serve_clients(
-    model: Arc<ServedModel>,
-    group: WorkerGroup,
-    client: TcpListener,
-    shutdown: CancellationToken,
-    on_ready: OnReady,
-) -> Result<(), CoordinatorError> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| CoordinatorError::Unavailable(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| CoordinatorError::Unavailable(format!("reflection: {e}")))?;
-    let addr = client.local_addr()?;
-    let server = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            undecodable_is_invalid_argument,
-        ))
-        .add_service(GenerationServer::new(GenerationService(model.clone())))
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(client), shutdown.cancelled_owned());
-    tracing::info!(%addr, "serving the client API");
-    on_ready(Ready {
-        addr,
-        scheduler: model.scheduler.clone(),
-    });
-    server.await?;
-    tracing::info!("shutting down the worker group");
-    group.shutdown().await;
-    Ok(())
-}
-
-/// tonic answers a request message that does not decode (for example a
-/// string field holding invalid UTF-8) with INTERNAL; for a client API that
-/// is bad input, so it becomes INVALID_ARGUMENT.
-fn undecodable_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
-    let h = resp.headers_mut();
-    let decode_error = h.get("grpc-status").is_some_and(|v| v == "13")
-        && h.get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| {
-                m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode")
-            });
-    if decode_error {
-        h.insert("grpc-status", http::HeaderValue::from_static("3"));
-    }
-    resp
 }
 
 fn served_name(args: &CoordinatorArgs, ckpt: &Checkpoint) -> String {

@@ -59,6 +59,43 @@ impl Generation for FakeWeft {
             .map(|e| Ok(GenerateResponse { event: Some(e) }));
         Ok(Response::new(Box::pin(futures::stream::iter(events))))
     }
+
+    type ChatStreamStream = Events;
+
+    async fn generate(
+        &self,
+        _: Request<GenerateRequest>,
+    ) -> Result<Response<weft_proto::v1::GenerateReply>, Status> {
+        Err(Status::unimplemented("the load generator streams"))
+    }
+
+    async fn chat(
+        &self,
+        _: Request<weft_proto::v1::ChatRequest>,
+    ) -> Result<Response<weft_proto::v1::GenerateReply>, Status> {
+        Err(Status::unimplemented("the load generator streams"))
+    }
+
+    async fn chat_stream(
+        &self,
+        _: Request<weft_proto::v1::ChatRequest>,
+    ) -> Result<Response<Events>, Status> {
+        Err(Status::unimplemented("the load generator sends prompts"))
+    }
+
+    async fn tokenize(
+        &self,
+        _: Request<weft_proto::v1::TokenizeRequest>,
+    ) -> Result<Response<weft_proto::v1::TokenizeResponse>, Status> {
+        Err(Status::unimplemented("not used by the load generator"))
+    }
+
+    async fn detokenize(
+        &self,
+        _: Request<weft_proto::v1::DetokenizeRequest>,
+    ) -> Result<Response<weft_proto::v1::DetokenizeResponse>, Status> {
+        Err(Status::unimplemented("not used by the load generator"))
+    }
 }
 
 async fn spawn_fake_weft() -> String {

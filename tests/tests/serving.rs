@@ -236,7 +236,15 @@ async fn cancellation_deadlines_and_a_storm_leave_the_pool_full() {
         match (i % 5, r) {
             (0 | 4, r) => assert!(r.is_ok(), "request {i}: {r:?}"),
             (3, Err(e)) => assert_eq!(e.code(), tonic::Code::InvalidArgument),
-            (2, Err(e)) => assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "request {i}"),
+            // The server ends it with DEADLINE_EXCEEDED, unless the
+            // client's own timer fires first (tonic reports CANCELLED).
+            (2, Err(e)) => assert!(
+                matches!(
+                    e.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ),
+                "request {i}: {e:?}"
+            ),
             _ => {}
         }
     }

@@ -210,7 +210,19 @@ impl Worker for WorkerService {
         request: Request<pb::StepRequest>,
     ) -> Result<Response<pb::StepResponse>, Status> {
         let engine = self.engine()?;
-        Ok(Response::new(engine.step(request.into_inner()).await?))
+        let req = request.into_inner();
+        for s in req.seqs.iter().filter(|s| !s.traceparent.is_empty()) {
+            // The client's trace context, so a request can be followed
+            // from the client through the coordinator to every rank.
+            tracing::debug!(
+                rank = self.state.rank,
+                seq = s.seq_id,
+                step = req.step_id,
+                traceparent = %s.traceparent,
+                "sequence admitted"
+            );
+        }
+        Ok(Response::new(engine.step(req).await?))
     }
 
     async fn health(

@@ -14,7 +14,9 @@ use tonic::Status;
 use weft_model::tokenizer::Tokenizer;
 
 use crate::group::WorkerGroup;
+use crate::health::Health;
 use crate::kv::{BlockManager, KvStats};
+use crate::metrics::{Metrics, RequestMetrics};
 use crate::request::GenRequest;
 pub use seq::EventTx;
 use seq::Seq;
@@ -61,6 +63,9 @@ enum Command {
     Stats {
         reply: oneshot::Sender<SchedulerStats>,
     },
+    /// The group was found broken outside a step (a rank stopped
+    /// answering health checks).
+    Fail { why: String },
 }
 
 /// Handle to the scheduler actor.
@@ -68,12 +73,27 @@ enum Command {
 pub struct SchedulerHandle {
     tx: mpsc::Sender<Command>,
     tokenizer: Arc<Tokenizer>,
+    metrics: Arc<Metrics>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What the scheduler reports to besides its requests.
+pub struct SchedulerDeps {
+    pub group: WorkerGroup,
+    pub tokenizer: Arc<Tokenizer>,
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
 }
 
 impl SchedulerHandle {
     /// Starts the actor on the current runtime.
-    pub fn spawn(cfg: SchedulerConfig, group: WorkerGroup, tokenizer: Arc<Tokenizer>) -> Self {
+    pub fn spawn(cfg: SchedulerConfig, deps: SchedulerDeps) -> Self {
+        let SchedulerDeps {
+            group,
+            tokenizer,
+            metrics,
+            health,
+        } = deps;
         let (tx, rx) = mpsc::channel(256);
         let kv = BlockManager::new(cfg.kv_num_blocks, cfg.kv_block_size, cfg.prefix_caching);
         let actor = Scheduler {
@@ -85,6 +105,7 @@ impl SchedulerHandle {
             running: Vec::new(),
             released: Vec::new(),
             broken: None,
+            health,
             stats: SchedulerStats::default(),
             next_step: 1,
             last_log: Instant::now(),
@@ -93,6 +114,7 @@ impl SchedulerHandle {
         SchedulerHandle {
             tx,
             tokenizer,
+            metrics,
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         }
     }
@@ -109,7 +131,15 @@ impl SchedulerHandle {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let seq = Box::new(Seq::new(id, req, events, self.tokenizer.clone(), deadline));
+        let metrics = RequestMetrics::new(self.metrics.clone());
+        let seq = Box::new(Seq::new(
+            id,
+            req,
+            events,
+            self.tokenizer.clone(),
+            deadline,
+            metrics,
+        ));
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Submit { seq, reply })
@@ -123,6 +153,11 @@ impl SchedulerHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Stats { reply }).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Marks the group broken: requests in flight end with UNAVAILABLE.
+    pub async fn fail(&self, why: String) {
+        let _ = self.tx.send(Command::Fail { why }).await;
     }
 }
 
@@ -141,6 +176,7 @@ struct Scheduler {
     released: Vec<u64>,
     /// Set when a step failed: the group is not serving.
     broken: Option<String>,
+    health: Health,
     stats: SchedulerStats,
     next_step: u64,
     last_log: Instant,
@@ -220,6 +256,11 @@ impl Scheduler {
                 s.waiting = self.waiting.len();
                 let _ = reply.send(s);
             }
+            Command::Fail { why } => {
+                if self.broken.is_none() {
+                    self.fail_group(why);
+                }
+            }
         }
     }
 
@@ -269,12 +310,13 @@ impl Scheduler {
     }
 
     /// Frees a sequence that did not finish normally.
-    fn end(&mut self, s: Box<Seq>, now: Option<Instant>) {
+    fn end(&mut self, mut s: Box<Seq>, now: Option<Instant>) {
         if now.is_some_and(|n| s.expired(n)) {
             s.fail(Status::deadline_exceeded(
                 "the request's deadline passed before it finished",
             ));
         }
+        s.abort();
         tracing::debug!(seq = s.id, "sequence cancelled");
         self.free(&s);
     }
@@ -305,12 +347,15 @@ impl Scheduler {
     /// A step failed: every request in flight ends with UNAVAILABLE and the
     /// group stops serving.
     fn fail_group(&mut self, why: String) {
-        tracing::error!(error = %why, "step failed; the worker group is not serving");
+        tracing::error!(error = %why, "the worker group is not serving");
+        self.health
+            .set_not_serving(format!("the worker group failed: {why}"));
         let status = Status::unavailable(format!("the worker group failed: {why}"));
         for s in std::mem::take(&mut self.running)
             .into_iter()
             .chain(std::mem::take(&mut self.waiting))
         {
+            let mut s = s;
             s.fail(status.clone());
             self.free(&s);
         }

@@ -149,6 +149,10 @@ impl Scheduler {
                     } else {
                         Vec::new()
                     },
+                    traceparent: match (&s.req.traceparent, s.announce) {
+                        (Some(t), true) => t.clone(),
+                        _ => String::new(),
+                    },
                 }
             })
             .collect();
@@ -175,6 +179,7 @@ impl Scheduler {
             let s = &mut self.running[it.index];
             s.computed += it.n_tokens;
             s.needs_history = false;
+            s.announce = false;
             register_full_blocks(&mut self.kv, s);
             if !it.sample {
                 continue;
@@ -196,7 +201,6 @@ impl Scheduler {
         for (index, why) in done {
             let mut s = self.running.remove(index);
             s.finish(&why);
-            tracing::debug!(seq = s.id, finish = ?why, tokens = s.output.len(), "sequence finished");
             self.free(&s);
         }
     }

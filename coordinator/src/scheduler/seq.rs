@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tonic::Status;
+use weft_model::chat::ReasoningParser;
 use weft_model::tokenizer::{IncrementalDecoder, Tokenizer};
 use weft_proto::cluster::v1 as pb;
 use weft_proto::v1;
 
 use crate::kv::BlockHash;
+use crate::metrics::{FinishedReason, RequestMetrics};
 use crate::request::GenRequest;
 use crate::stop::{StopEvent, StopMatcher};
 
@@ -41,7 +43,12 @@ pub struct Seq {
     pub needs_history: bool,
     pub preemptions: u32,
     pub deadline: Option<Instant>,
+    /// Whether the next step is the first since an admission (it carries
+    /// the trace context to the workers).
+    pub announce: bool,
+    pub metrics: RequestMetrics,
     tx: EventTx,
+    reasoning: Option<ReasoningParser>,
     decoder: IncrementalDecoder<Arc<Tokenizer>>,
     stop: StopMatcher,
     admitted_once: bool,
@@ -54,8 +61,10 @@ impl Seq {
         tx: EventTx,
         tokenizer: Arc<Tokenizer>,
         deadline: Option<Instant>,
+        metrics: RequestMetrics,
     ) -> Self {
         let stop = StopMatcher::new(req.stop.clone());
+        let reasoning = req.reasoning.map(ReasoningParser::new);
         Seq {
             id,
             req,
@@ -67,7 +76,10 @@ impl Seq {
             needs_history: false,
             preemptions: 0,
             deadline,
+            announce: false,
+            metrics,
             tx,
+            reasoning,
             decoder: IncrementalDecoder::new(tokenizer),
             stop,
             admitted_once: false,
@@ -102,6 +114,8 @@ impl Seq {
         }
         self.computed = cached_tokens;
         self.needs_history = cached_tokens > 0;
+        self.announce = true;
+        self.metrics.admitted(Instant::now());
     }
 
     pub fn client_gone(&self) -> bool {
@@ -122,6 +136,7 @@ impl Seq {
         max_len: usize,
     ) -> Option<Finish> {
         self.output.push(t.token);
+        self.metrics.token(Instant::now(), self.req.prompt.len());
         if !self.req.ignore_eos && eos.contains(&t.token) {
             return Some(Finish::Eos);
         }
@@ -143,11 +158,19 @@ impl Seq {
                 logprob: a.logprob,
             })
             .collect();
+        let (text, reasoning_text) = match &mut self.reasoning {
+            Some(p) => {
+                let d = p.push(&text);
+                (d.content, d.reasoning)
+            }
+            None => (text, String::new()),
+        };
         self.send(v1::generate_response::Event::Token(v1::TokenDelta {
             id: t.token,
             text,
             logprob: t.logprob,
             top_logprobs: top,
+            reasoning_text,
         }));
         if let Some(s) = stopped {
             return Some(Finish::StopString(s));
@@ -172,6 +195,16 @@ impl Seq {
                 }
             }
         };
+        let (trailing, trailing_reasoning) = match &mut self.reasoning {
+            Some(p) => {
+                let mut d = p.push(&trailing);
+                let end = p.finish();
+                d.content.push_str(&end.content);
+                d.reasoning.push_str(&end.reasoning);
+                (d.content, d.reasoning)
+            }
+            None => (trailing, String::new()),
+        };
         let (reason, stopped_by) = match why {
             Finish::Eos => (v1::FinishReason::Eos, None),
             Finish::Length => (v1::FinishReason::Length, None),
@@ -193,13 +226,48 @@ impl Seq {
             }),
             stopped_by,
             trailing_text: trailing,
+            trailing_reasoning_text: trailing_reasoning,
         };
+        let label = match why {
+            Finish::Length => FinishedReason::Length,
+            _ => FinishedReason::Stop,
+        };
+        self.metrics
+            .finished(label, self.req.prompt.len(), self.output.len());
+        self.req.span.in_scope(|| {
+            tracing::debug!(
+                seq = self.id,
+                finish = match why {
+                    Finish::Eos => "eos",
+                    Finish::Length => "length",
+                    Finish::StopToken(_) => "stop_token",
+                    Finish::StopString(_) => "stop_string",
+                },
+                completion_tokens = self.output.len(),
+                cached_prompt_tokens = self.cached_prompt_tokens,
+                preemptions = self.preemptions,
+                "request finished"
+            )
+        });
         self.send(v1::generate_response::Event::Finished(done));
     }
 
     /// Ends the stream with an error status.
-    pub fn fail(&self, status: Status) {
+    pub fn fail(&mut self, status: Status) {
+        self.abort();
+        self.req
+            .span
+            .in_scope(|| tracing::debug!(seq = self.id, code = ?status.code(), "request failed"));
         let _ = self.tx.try_send(Err(status));
+    }
+
+    /// Counts the request as aborted (cancelled, expired or failed).
+    pub fn abort(&mut self) {
+        self.metrics.finished(
+            FinishedReason::Abort,
+            self.req.prompt.len(),
+            self.output.len(),
+        );
     }
 
     fn send(&self, e: v1::generate_response::Event) {

@@ -108,37 +108,61 @@ pub fn signal(pid: u32, sig: i32) {
 pub struct Cluster {
     pub child: Child,
     pub client_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+/// Parses the coordinator's ready line into (gRPC, HTTP) addresses.
+pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.strip_prefix("weft-coordinator ready: gRPC API on ")?;
+    let (grpc, http) = rest.split_once(", OpenAI-compatible HTTP API on http://")?;
+    Some((grpc.trim().parse().ok()?, http.trim().parse().ok()?))
 }
 
 impl Cluster {
     pub fn start(extra: &[&str]) -> Cluster {
-        let mut child = Command::new(bin("weft-coordinator"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cluster-listen",
-                "127.0.0.1:0",
-                "--local-workers",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start weft-coordinator");
+        Self::start_with(extra, &[], None)
+    }
+
+    /// With extra environment variables, and stderr (the logs of the
+    /// coordinator and its workers) written to a file.
+    pub fn start_with(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Option<std::fs::File>,
+    ) -> Cluster {
+        let mut cmd = Command::new(bin("weft-coordinator"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--local-workers",
+        ])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
+        if let Some(f) = stderr {
+            cmd.stderr(f);
+        }
+        let mut child = cmd.spawn().expect("start weft-coordinator");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("weft-coordinator ready: client API on ") {
-                    let _ = tx.send(addr.trim().to_string());
+                if let Some(addrs) = parse_ready_line(&line) {
+                    let _ = tx.send(addrs);
                 }
             }
         });
-        let addr = rx
+        let (client_addr, http_addr) = rx
             .recv_timeout(Duration::from_secs(180))
             .expect("coordinator did not become ready within 180 s");
         Cluster {
             child,
-            client_addr: addr.parse().expect("ready line carries an address"),
+            client_addr,
+            http_addr,
         }
     }
 

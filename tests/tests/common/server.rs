@@ -17,6 +17,9 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub struct Server {
     pub url: String,
+    /// Base URL of the OpenAI-compatible HTTP API.
+    pub http_url: String,
+    pub api: std::sync::Arc<weft_coordinator::api::Api>,
     pub scheduler: SchedulerHandle,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -41,6 +44,9 @@ pub async fn start(tp: usize, extra: &[&str]) -> Server {
         cluster: tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind"),
+        http: tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
     };
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel::<Ready>();
@@ -59,6 +65,8 @@ pub async fn start(tp: usize, extra: &[&str]) -> Server {
         .expect("coordinator started");
     Server {
         url: format!("http://{}", ready.addr),
+        http_url: format!("http://{}", ready.http_addr),
+        api: ready.api,
         scheduler: ready.scheduler,
         shutdown,
         task,
