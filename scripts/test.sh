@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"
+# The Python clients' view: the openai SDK, grpcio health/reflection,
+# /metrics, API keys and the Python example (tests/python).
+scripts/test-python.sh
