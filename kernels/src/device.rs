@@ -56,9 +56,11 @@ fn cuda_check(_ordinal: usize) -> Result<(), KernelError> {
     ))
 }
 
+/// Probes the device for real: driver, device `ordinal`, NVRTC and cuBLAS libraries and
+/// a usable context (see [`crate::cuda::probe`]).
 #[cfg(feature = "cuda")]
 fn cuda_check(ordinal: usize) -> Result<(), KernelError> {
-    Err(KernelError::CudaUnavailable(format!(
-        "cuda:{ordinal}: the CUDA backend is not implemented yet"
-    )))
+    crate::cuda::probe(ordinal)
+        .map(|_| ())
+        .map_err(|e| KernelError::CudaUnavailable(format!("cuda:{ordinal}: {e}")))
 }

@@ -7,6 +7,8 @@
 //! LLVM can auto-vectorize.
 
 mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod device;
 mod error;
 mod isa;

@@ -1,0 +1,455 @@
+//! CUDA C sources of the element-wise, norm, rotary and sampling kernels, compiled at run
+//! time with NVRTC (see [`super::nvrtc`]). Every program is [`COMMON`] followed by its own
+//! text; the attention programs live in [`super::source_attn`].
+//!
+//! Storage is bf16 kept as raw 16-bit words (`bf16_t`, converted with the bit operations
+//! below, round-to-nearest-even like `half::bf16::from_f32`), so no CUDA header is needed:
+//! NVRTC compiles these with its built-in declarations only. All arithmetic is f32 (f64
+//! where noted). Every kernel guards its indices; blocks are multiples of 32 threads.
+
+/// Helpers shared by every program: bf16 conversion, warp and block reductions.
+pub(crate) const COMMON: &str = r#"
+typedef unsigned short bf16_t;
+typedef unsigned int u32;
+
+#define WEFT_NEG_INF __uint_as_float(0xff800000u)
+#define WEFT_FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float bf2f(bf16_t v) {
+    return __uint_as_float(((u32)v) << 16);
+}
+
+__device__ __forceinline__ bf16_t f2bf(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (bf16_t)((u >> 16) | 0x0040u);
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+/* The low (first in memory) and high bf16 of a 32-bit word holding two of them. */
+__device__ __forceinline__ float bf_lo(u32 w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
+__device__ __forceinline__ u32 bf_pack(float lo, float hi) {
+    return ((u32)f2bf(lo)) | (((u32)f2bf(hi)) << 16);
+}
+
+__device__ __forceinline__ int weft_imin(int a, int b) { return a < b ? a : b; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(WEFT_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(WEFT_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(WEFT_FULL_MASK, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+   `red` is a __shared__ scratch of 32 floats; every thread of the block must call this. */
+__device__ float block_sum(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = (lane < nw) ? red[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ double block_sum_d(double v, double* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = (blockDim.x + 31) >> 5;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = (lane < nw) ? red[lane] : 0.0;
+    return warp_sum_d(v);
+}
+
+__device__ float block_max(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = (lane < nw) ? red[lane] : WEFT_NEG_INF;
+    return warp_max(v);
+}
+"#;
+
+/// Embedding gather, RMS norm (plain and fused with the residual add), rotary embedding,
+/// SiLU-multiply and the paged K/V write.
+pub(crate) const ELEMENTWISE: &str = r#"
+/* out[t] = table[ids[t] - vocab_start] when the id is in this rank's slice, else zeros.
+   grid (n_tokens), block: any multiple of 32. */
+extern "C" __global__ void weft_embedding(const bf16_t* __restrict__ table,
+                                          const u32* __restrict__ ids,
+                                          bf16_t* __restrict__ out, int n_tokens, int hidden,
+                                          u32 vocab_start, u32 vocab_rows) {
+    const int t = blockIdx.x;
+    if (t >= n_tokens) return;
+    const u32 id = ids[t];
+    bf16_t* o = out + (size_t)t * hidden;
+    if (id >= vocab_start && id - vocab_start < vocab_rows) {
+        const bf16_t* row = table + (size_t)(id - vocab_start) * hidden;
+        for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = row[i];
+    } else {
+        for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = (bf16_t)0;
+    }
+}
+
+/* out = x / sqrt(mean(x^2) + eps) * w per row of d. grid (rows), block multiple of 32. */
+extern "C" __global__ void weft_rms_norm(const bf16_t* x, const bf16_t* __restrict__ w,
+                                         bf16_t* out, int rows, int d, float eps) {
+    __shared__ float red[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const bf16_t* xr = x + (size_t)r * d;
+    bf16_t* orow = out + (size_t)r * d;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        const float v = bf2f(xr[i]);
+        ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    const float scale = 1.0f / sqrtf(ss / (float)d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        orow[i] = f2bf(bf2f(xr[i]) * scale * bf2f(w[i]));
+    }
+}
+
+/* residual += x (rounded to bf16), then out = rmsnorm(residual) * w.
+   Each element is read and written by one thread only, so `out` may alias `x`. */
+extern "C" __global__ void weft_add_rms_norm(const bf16_t* x, bf16_t* residual,
+                                             const bf16_t* __restrict__ w, bf16_t* out,
+                                             int rows, int d, float eps) {
+    __shared__ float red[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const bf16_t* xr = x + (size_t)r * d;
+    bf16_t* res = residual + (size_t)r * d;
+    bf16_t* orow = out + (size_t)r * d;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        const bf16_t s = f2bf(bf2f(res[i]) + bf2f(xr[i]));
+        res[i] = s;
+        const float v = bf2f(s);
+        ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    const float scale = 1.0f / sqrtf(ss / (float)d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        orow[i] = f2bf(bf2f(res[i]) * scale * bf2f(w[i]));
+    }
+}
+
+#define ROPE_MAX_HALF 256
+/* In place on x [n_tokens, n_heads, head_dim]; token t at position pos[t]. Pair i is
+   (i, i + head_dim/2) (interleaved == 0) or (2i, 2i+1); angle = pos * inv_freq[i] in f64.
+   grid (n_tokens), block multiple of 32; head_dim/2 <= ROPE_MAX_HALF (host-checked). */
+extern "C" __global__ void weft_rope(bf16_t* x, const u32* __restrict__ pos,
+                                     const float* __restrict__ inv_freq, int n_tokens,
+                                     int n_heads, int head_dim, int interleaved) {
+    __shared__ float cs[2 * ROPE_MAX_HALF];
+    const int t = blockIdx.x;
+    const int half = head_dim / 2;
+    if (t >= n_tokens || half > ROPE_MAX_HALF) return;
+    const double p = (double)pos[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double s, c;
+        sincos(p * (double)inv_freq[i], &s, &c);
+        cs[2 * i] = (float)c;
+        cs[2 * i + 1] = (float)s;
+    }
+    __syncthreads();
+    bf16_t* xt = x + (size_t)t * n_heads * head_dim;
+    for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx - h * half;
+        const int ia = interleaved ? 2 * i : i;
+        const int ib = interleaved ? 2 * i + 1 : i + half;
+        bf16_t* xh = xt + (size_t)h * head_dim;
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const float a = bf2f(xh[ia]), b = bf2f(xh[ib]);
+        xh[ia] = f2bf(a * c - b * s);
+        xh[ib] = f2bf(a * s + b * c);
+    }
+}
+
+/* out[r, i] = silu(gate[r*stride + i]) * up[r*stride + i] for r < rows, i < d.
+   1-D grid-stride loop. */
+extern "C" __global__ void weft_silu_mul(const bf16_t* gate, const bf16_t* up,
+                                         bf16_t* __restrict__ out, int rows, int d,
+                                         int stride) {
+    const size_t n = (size_t)rows * (size_t)d;
+    const size_t step = (size_t)gridDim.x * blockDim.x;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += step) {
+        const size_t r = idx / (size_t)d, i = idx - r * (size_t)d;
+        const float g = bf2f(gate[r * (size_t)stride + i]);
+        const float u = bf2f(up[r * (size_t)stride + i]);
+        out[idx] = f2bf(g / (1.0f + expf(-g)) * u);
+    }
+}
+
+/* Copies row t of k/v ([n_tokens, row_elems]) to slot slots[t] of the pools
+   ([num_slots, row_elems], num_slots = num_blocks * block_size). grid (n_tokens). */
+extern "C" __global__ void weft_paged_write(const bf16_t* __restrict__ k,
+                                            const bf16_t* __restrict__ v,
+                                            bf16_t* __restrict__ k_pool,
+                                            bf16_t* __restrict__ v_pool,
+                                            const long long* __restrict__ slots, int n_tokens,
+                                            int row_elems, long long num_slots) {
+    const int t = blockIdx.x;
+    if (t >= n_tokens) return;
+    const long long s = slots[t];
+    if (s < 0 || s >= num_slots) return;
+    const bf16_t* ks = k + (size_t)t * row_elems;
+    const bf16_t* vs = v + (size_t)t * row_elems;
+    bf16_t* kd = k_pool + (size_t)s * row_elems;
+    bf16_t* vd = v_pool + (size_t)s * row_elems;
+    for (int i = threadIdx.x; i < row_elems; i += blockDim.x) {
+        kd[i] = ks[i];
+        vd[i] = vs[i];
+    }
+}
+"#;
+
+/// Argmax / top-k with log-probabilities over f32 logits rows.
+pub(crate) const SAMPLING: &str = r#"
+#define TOPK_MAX 20
+#define TOPK_NONE 0xffffffffu
+
+/* (va, ia) ranks before (vb, ib): larger logit first, lower id on ties. */
+__device__ __forceinline__ bool ranks_before(float va, u32 ia, float vb, u32 ib) {
+    return va > vb || (va == vb && ia < ib);
+}
+
+__device__ __forceinline__ void warp_best(float* v, u32* id) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v2 = __shfl_xor_sync(WEFT_FULL_MASK, *v, o);
+        const u32 i2 = __shfl_xor_sync(WEFT_FULL_MASK, *id, o);
+        if (ranks_before(v2, i2, *v, *id)) { *v = v2; *id = i2; }
+    }
+}
+
+/* For each row of logits [rows, vocab]: the k (<= TOPK_MAX) best tokens (NaN left out,
+   larger logit first, lower id on ties) and their log-softmax, computed like the CPU
+   sampler: max over non-NaN logits, sum of exp(v - max) over non-NaN in f64, logprob =
+   v - max - ln(sum). Missing entries (fewer than k non-NaN logits) get id `pad_id` and
+   -inf. grid (rows), block 128 threads (any multiple of 32 up to 1024). */
+extern "C" __global__ void weft_topk_logprobs(const float* __restrict__ logits, int rows,
+                                              int vocab, int k, u32 pad_id,
+                                              u32* __restrict__ out_ids,
+                                              float* __restrict__ out_lp) {
+    __shared__ float wv[32];
+    __shared__ u32 wi[32];
+    __shared__ float best_v[TOPK_MAX];
+    __shared__ u32 best_i[TOPK_MAX];
+    __shared__ double red[32];
+    const int r = blockIdx.x;
+    if (r >= rows || k < 1 || k > TOPK_MAX) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = (blockDim.x + 31) >> 5;
+    const float* x = logits + (size_t)r * vocab;
+    float tv[TOPK_MAX];
+    u32 ti[TOPK_MAX];
+    for (int j = 0; j < TOPK_MAX; j++) { tv[j] = WEFT_NEG_INF; ti[j] = TOPK_NONE; }
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = x[i];
+        if (v != v || !ranks_before(v, (u32)i, tv[k - 1], ti[k - 1])) continue;
+        int p = k - 1;
+        while (p > 0 && ranks_before(v, (u32)i, tv[p - 1], ti[p - 1])) {
+            tv[p] = tv[p - 1];
+            ti[p] = ti[p - 1];
+            p--;
+        }
+        tv[p] = v;
+        ti[p] = (u32)i;
+    }
+    int head = 0;
+    for (int round = 0; round < k; round++) {
+        float v = head < k ? tv[head] : WEFT_NEG_INF;
+        u32 id = head < k ? ti[head] : TOPK_NONE;
+        warp_best(&v, &id);
+        if (lane == 0) { wv[warp] = v; wi[warp] = id; }
+        __syncthreads();
+        if (warp == 0) {
+            v = lane < nw ? wv[lane] : WEFT_NEG_INF;
+            id = lane < nw ? wi[lane] : TOPK_NONE;
+            warp_best(&v, &id);
+            if (lane == 0) { best_v[round] = v; best_i[round] = id; }
+        }
+        __syncthreads();
+        if (head < k && best_i[round] != TOPK_NONE && ti[head] == best_i[round]) head++;
+    }
+    const float mx = best_i[0] == TOPK_NONE ? WEFT_NEG_INF : best_v[0];
+    double sum = 0.0;
+    if (mx != WEFT_NEG_INF) {
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            const float v = x[i];
+            if (v == v) sum += exp((double)v - (double)mx);
+        }
+    }
+    sum = block_sum_d(sum, red);
+    if ((int)threadIdx.x < k) {
+        const int j = (int)threadIdx.x;
+        const u32 id = best_i[j];
+        float lp = WEFT_NEG_INF;
+        if (id != TOPK_NONE && mx != WEFT_NEG_INF) {
+            lp = (float)((double)best_v[j] - (double)mx - log(sum));
+        }
+        out_ids[(size_t)r * k + j] = id == TOPK_NONE ? pad_id : id;
+        out_lp[(size_t)r * k + j] = lp;
+    }
+}
+"#;
+
+/// Kernel (function) names, as the programs define them.
+pub(crate) mod names {
+    pub const EMBEDDING: &str = "weft_embedding";
+    pub const RMS_NORM: &str = "weft_rms_norm";
+    pub const ADD_RMS_NORM: &str = "weft_add_rms_norm";
+    pub const ROPE: &str = "weft_rope";
+    pub const SILU_MUL: &str = "weft_silu_mul";
+    pub const PAGED_WRITE: &str = "weft_paged_write";
+    pub const TOPK_LOGPROBS: &str = "weft_topk_logprobs";
+    pub const DECODE_PART: &str = "weft_paged_decode_part";
+    pub const DECODE_REDUCE: &str = "weft_paged_decode_reduce";
+    pub const PREFILL: &str = "weft_paged_prefill";
+}
+
+/// One NVRTC program: its source parts (concatenated) and the kernels it defines.
+pub(crate) struct Program {
+    pub name: &'static str,
+    pub parts: &'static [&'static str],
+    pub functions: &'static [&'static str],
+}
+
+impl Program {
+    pub(crate) fn source(&self) -> String {
+        self.parts.concat()
+    }
+}
+
+/// Every program of the backend; each kernel name appears in exactly one.
+pub(crate) const PROGRAMS: &[Program] = &[
+    Program {
+        name: "weft_elementwise",
+        parts: &[COMMON, ELEMENTWISE],
+        functions: &[
+            names::EMBEDDING,
+            names::RMS_NORM,
+            names::ADD_RMS_NORM,
+            names::ROPE,
+            names::SILU_MUL,
+            names::PAGED_WRITE,
+        ],
+    },
+    Program {
+        name: "weft_sampling",
+        parts: &[COMMON, SAMPLING],
+        functions: &[names::TOPK_LOGPROBS],
+    },
+    Program {
+        name: "weft_attention",
+        parts: &[COMMON, super::source_attn::ATTENTION],
+        functions: &[names::DECODE_PART, names::DECODE_REDUCE, names::PREFILL],
+    },
+];
+
+/// The program that defines kernel `name`.
+pub(crate) fn program_of(name: &str) -> Option<&'static Program> {
+    PROGRAMS.iter().find(|p| p.functions.contains(&name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{names, PROGRAMS};
+
+    /// The value of `#define name value` in `src`.
+    fn define(src: &str, name: &str) -> Option<usize> {
+        src.lines().find_map(|l| {
+            let rest = l.trim().strip_prefix("#define ")?.strip_prefix(name)?;
+            rest.trim().parse().ok()
+        })
+    }
+
+    #[test]
+    fn every_kernel_is_defined_once_in_its_program() {
+        let all = [
+            names::EMBEDDING,
+            names::RMS_NORM,
+            names::ADD_RMS_NORM,
+            names::ROPE,
+            names::SILU_MUL,
+            names::PAGED_WRITE,
+            names::TOPK_LOGPROBS,
+            names::DECODE_PART,
+            names::DECODE_REDUCE,
+            names::PREFILL,
+        ];
+        for name in all {
+            let owners: Vec<_> = PROGRAMS
+                .iter()
+                .filter(|p| p.functions.contains(&name))
+                .collect();
+            assert_eq!(owners.len(), 1, "{name}");
+            let decl = format!("extern \"C\" __global__ void {name}(");
+            assert_eq!(owners[0].source().matches(&decl).count(), 1, "{name}");
+        }
+        let listed: usize = PROGRAMS.iter().map(|p| p.functions.len()).sum();
+        assert_eq!(listed, all.len());
+    }
+
+    #[test]
+    fn sources_are_balanced_and_header_free() {
+        for p in PROGRAMS {
+            let src = p.source();
+            for (open, close) in [('{', '}'), ('(', ')'), ('[', ']')] {
+                assert_eq!(
+                    src.matches(open).count(),
+                    src.matches(close).count(),
+                    "{}",
+                    p.name
+                );
+            }
+            assert!(
+                !src.contains("#include"),
+                "{}: NVRTC built-ins only",
+                p.name
+            );
+            assert!(!src.contains('\0'), "{}", p.name);
+        }
+    }
+
+    #[test]
+    fn host_constants_match_the_sources() {
+        let attn = super::super::source_attn::ATTENTION;
+        assert_eq!(define(attn, "DEC_PART"), Some(super::super::attn::DEC_PART));
+        assert_eq!(define(attn, "DEC_GMAX"), Some(super::super::attn::DEC_GMAX));
+        assert_eq!(define(attn, "PF_BQ"), Some(super::super::attn::PF_BQ));
+        let max_hd = super::super::attn::ATTENTION_MAX_HEAD_DIM;
+        assert_eq!(define(attn, "ATT_MAX_HD"), Some(max_hd));
+        assert_eq!(
+            define(super::SAMPLING, "TOPK_MAX"),
+            Some(super::super::ops::TOPK_MAX)
+        );
+        assert_eq!(
+            define(super::ELEMENTWISE, "ROPE_MAX_HALF"),
+            Some(super::super::ops::ROPE_MAX_HALF)
+        );
+        // The decode kernel reuses its probability buffer for the p.V partial sums, which
+        // needs 2 * threads <= DEC_PART (see the kernel).
+        assert!(2 * super::super::attn::ATT_THREADS as usize <= super::super::attn::DEC_PART);
+    }
+}

@@ -1,0 +1,382 @@
+//! CUDA C sources of the attention kernels over the paged K/V pool
+//! `[num_blocks, block_size, kv_heads, head_dim]` (bf16, one pool for K and one for V).
+//!
+//! * Decode (one new token per sequence, already written to the pool): split-K /
+//!   flash-decoding. `weft_paged_decode_part` gives each (sequence, KV head, group chunk of
+//!   up to `DEC_GMAX` query heads, partition of `DEC_PART` positions) one block of 128
+//!   threads, which computes the partition's max, sum of exponentials and unnormalized
+//!   `sum p * v`; `weft_paged_decode_reduce` merges the partitions of each (sequence, head).
+//! * Prefill (any number of new tokens per sequence, already written to the pool, keys of
+//!   every earlier position read from the pool too): tiled online softmax. A block of 128
+//!   threads takes `PF_BQ` rows (token, query head of one KV head's group) of one
+//!   sequence, stages 32-position K/V tiles in shared memory, and each warp keeps its rows'
+//!   running max, sum and output in registers.
+//!
+//! Both are GQA-aware (the query heads of one KV head share each K/V load), need an even
+//! `head_dim <= ATT_MAX_HD`, and skip (treat as masked) any block-table entry outside the
+//! pool: the host validates the tables before a launch, the kernels never read out of
+//! bounds even if it did not. Static shared memory: decode 16 KiB + 8 KiB, prefill 41 KiB
+//! (under the 48 KiB that needs no opt-in).
+pub(crate) const ATTENTION: &str = r#"
+#define ATT_MAX_HD 256
+#define ATT_MAX_HP (ATT_MAX_HD / 2)
+#define DEC_PART 256
+#define DEC_GMAX 8
+#define PF_BQ 16
+#define PF_BK 32
+#define PF_ROWS_PER_WARP 4
+#define PF_KSTRIDE (ATT_MAX_HP + 1)
+
+/* The slot index (block * block_size + offset) of position t, or -1 if the table entry is
+   missing or outside the pool. */
+__device__ __forceinline__ long long slot_of(const int* table, int max_blocks, int t,
+                                             int block_size, int num_blocks) {
+    const int bi = t / block_size;
+    if (bi >= max_blocks) return -1;
+    const int blk = table[bi];
+    if (blk < 0 || blk >= num_blocks) return -1;
+    return (long long)blk * block_size + (t - bi * block_size);
+}
+
+/* What one decode block works on: DEC_GMAX (or fewer) query heads of one KV head, over
+   positions t0..t0+n of one sequence. */
+struct DecBlock {
+    const int* table;
+    const u32* k32;
+    const u32* v32;
+    int max_blocks, block_size, num_blocks, kv_heads, kvh, hd, hp, t0, n, gcount;
+};
+
+/* p_s[g][j] = scale * q_g . k_(t0+j) (or -inf for a position outside the pool): one warp
+   per position, lanes split the head dimension. */
+__device__ __forceinline__ void dec_scores(const DecBlock& B, const float* q_s, float* p_s,
+                                           float scale) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int j = warp; j < B.n; j += nwarps) {
+        const long long slot =
+            slot_of(B.table, B.max_blocks, B.t0 + j, B.block_size, B.num_blocks);
+        float dots[DEC_GMAX];
+#pragma unroll
+        for (int g = 0; g < DEC_GMAX; g++) dots[g] = 0.0f;
+        if (slot >= 0) {
+            const u32* krow = B.k32 + ((size_t)slot * B.kv_heads + B.kvh) * B.hp;
+            for (int pi = lane; pi < B.hp; pi += 32) {
+                const u32 w = krow[pi];
+                const float k0 = bf_lo(w), k1 = bf_hi(w);
+#pragma unroll
+                for (int g = 0; g < DEC_GMAX; g++) {
+                    if (g < B.gcount) {
+                        dots[g] += q_s[g * ATT_MAX_HD + 2 * pi] * k0
+                                 + q_s[g * ATT_MAX_HD + 2 * pi + 1] * k1;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < DEC_GMAX; g++) {
+            if (g < B.gcount) {
+                const float s = warp_sum(dots[g]);
+                if (lane == 0) p_s[g * DEC_PART + j] = slot >= 0 ? s * scale : WEFT_NEG_INF;
+            }
+        }
+    }
+}
+
+/* Softmax inside the partition, one warp per query head: p_s becomes exp(s - m), and
+   (m, sum) goes to part_ml[2 * (ml0 + g * max_parts)]. */
+__device__ __forceinline__ void dec_softmax(const DecBlock& B, float* p_s, float* part_ml,
+                                            size_t ml0, int max_parts) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int g = warp; g < B.gcount; g += nwarps) {
+        float m = WEFT_NEG_INF;
+        for (int j = lane; j < B.n; j += 32) m = fmaxf(m, p_s[g * DEC_PART + j]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int j = lane; j < B.n; j += 32) {
+            const float s = p_s[g * DEC_PART + j];
+            const float p = s == WEFT_NEG_INF ? 0.0f : expf(s - m);
+            p_s[g * DEC_PART + j] = p;
+            l += p;
+        }
+        l = warp_sum(l);
+        if (lane == 0) {
+            const size_t o = ml0 + (size_t)g * max_parts;
+            part_ml[2 * o] = m;
+            part_ml[2 * o + 1] = l;
+        }
+    }
+}
+
+/* part_acc[(ml0 + g * max_parts) * hd + d] = sum_j p_s[g][j] * v_(t0+j)[d]. Thread =
+   (position group tg, pair pi); the partial sums of the position groups meet in p_s
+   (n_tg * gcount * hd <= 2 * blockDim * DEC_GMAX <= DEC_GMAX * DEC_PART floats). */
+__device__ __forceinline__ void dec_pv(const DecBlock& B, float* p_s, float* part_acc,
+                                       size_t ml0, int max_parts) {
+    const int n_tg = blockDim.x / B.hp;
+    const int tg = threadIdx.x / B.hp, pi = threadIdx.x - tg * B.hp;
+    float acc[DEC_GMAX][2];
+#pragma unroll
+    for (int g = 0; g < DEC_GMAX; g++) { acc[g][0] = 0.0f; acc[g][1] = 0.0f; }
+    if (tg < n_tg) {
+        for (int j = tg; j < B.n; j += n_tg) {
+            const long long slot =
+                slot_of(B.table, B.max_blocks, B.t0 + j, B.block_size, B.num_blocks);
+            if (slot < 0) continue;
+            const u32 w = B.v32[((size_t)slot * B.kv_heads + B.kvh) * B.hp + pi];
+            const float v0 = bf_lo(w), v1 = bf_hi(w);
+#pragma unroll
+            for (int g = 0; g < DEC_GMAX; g++) {
+                if (g < B.gcount) {
+                    const float p = p_s[g * DEC_PART + j];
+                    acc[g][0] += p * v0;
+                    acc[g][1] += p * v1;
+                }
+            }
+        }
+    }
+    __syncthreads(); /* every read of the probabilities is done */
+    float* red = p_s;
+    if (tg < n_tg) {
+#pragma unroll
+        for (int g = 0; g < DEC_GMAX; g++) {
+            if (g < B.gcount) {
+                red[(tg * B.gcount + g) * B.hd + 2 * pi] = acc[g][0];
+                red[(tg * B.gcount + g) * B.hd + 2 * pi + 1] = acc[g][1];
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < B.gcount * B.hd; i += blockDim.x) {
+        const int g = i / B.hd, d = i - g * B.hd;
+        float s = 0.0f;
+        for (int u = 0; u < n_tg; u++) s += red[(u * B.gcount + g) * B.hd + d];
+        part_acc[(ml0 + (size_t)g * max_parts) * B.hd + d] = s;
+    }
+}
+
+/* grid (num_seqs, kv_heads * gchunks, max_parts), block 128 threads.
+   q [num_seqs, n_heads, hd]; part_ml [num_seqs, n_heads, max_parts, 2] (max, sum);
+   part_acc [num_seqs, n_heads, max_parts, hd]. Sequence s attends positions
+   0..ctx_lens[s]. */
+extern "C" __global__ void weft_paged_decode_part(
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k_pool,
+    const bf16_t* __restrict__ v_pool, const int* __restrict__ block_tables,
+    const int* __restrict__ ctx_lens, float* __restrict__ part_ml,
+    float* __restrict__ part_acc, int n_heads, int kv_heads, int hd, int block_size,
+    int num_blocks, int max_blocks, int max_parts, float scale) {
+    __shared__ float q_s[DEC_GMAX * ATT_MAX_HD];
+    __shared__ float p_s[DEC_GMAX * DEC_PART];
+    const int seq = blockIdx.x, part = blockIdx.z;
+    const int group = n_heads / kv_heads;
+    const int gchunks = (group + DEC_GMAX - 1) / DEC_GMAX;
+    const int kvh = blockIdx.y / gchunks, g0 = (blockIdx.y - kvh * gchunks) * DEC_GMAX;
+    const int ctx = ctx_lens[seq];
+    const int t0 = part * DEC_PART;
+    if (kvh >= kv_heads || t0 >= ctx || part >= max_parts || hd > ATT_MAX_HD || (hd & 1))
+        return;
+    DecBlock B;
+    B.table = block_tables + (size_t)seq * max_blocks;
+    B.k32 = (const u32*)k_pool;
+    B.v32 = (const u32*)v_pool;
+    B.max_blocks = max_blocks;
+    B.block_size = block_size;
+    B.num_blocks = num_blocks;
+    B.kv_heads = kv_heads;
+    B.kvh = kvh;
+    B.hd = hd;
+    B.hp = hd / 2;
+    B.t0 = t0;
+    B.n = weft_imin(DEC_PART, ctx - t0);
+    B.gcount = weft_imin(DEC_GMAX, group - g0);
+    const int h0 = kvh * group + g0;
+    for (int i = threadIdx.x; i < B.gcount * hd; i += blockDim.x) {
+        const int g = i / hd, d = i - g * hd;
+        q_s[g * ATT_MAX_HD + d] = bf2f(q[((size_t)seq * n_heads + h0 + g) * hd + d]);
+    }
+    __syncthreads();
+    dec_scores(B, q_s, p_s, scale);
+    __syncthreads();
+    const size_t ml0 = ((size_t)seq * n_heads + h0) * max_parts + part;
+    dec_softmax(B, p_s, part_ml, ml0, max_parts);
+    __syncthreads();
+    dec_pv(B, p_s, part_acc, ml0, max_parts);
+}
+
+/* Merges the partitions: grid (num_seqs, n_heads), block 128 threads. */
+extern "C" __global__ void weft_paged_decode_reduce(
+    const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+    const int* __restrict__ ctx_lens, bf16_t* __restrict__ out, int n_heads, int hd,
+    int max_parts) {
+    __shared__ float red[32];
+    const int seq = blockIdx.x, h = blockIdx.y;
+    if (h >= n_heads) return;
+    const int ctx = ctx_lens[seq];
+    const int nparts = ctx <= 0 ? 0 : weft_imin((ctx + DEC_PART - 1) / DEC_PART, max_parts);
+    const size_t base = ((size_t)seq * n_heads + h) * max_parts;
+    float m = WEFT_NEG_INF;
+    for (int p = threadIdx.x; p < nparts; p += blockDim.x) m = fmaxf(m, part_ml[2 * (base + p)]);
+    m = block_max(m, red);
+    float l = 0.0f;
+    for (int p = threadIdx.x; p < nparts; p += blockDim.x) {
+        const float mp = part_ml[2 * (base + p)];
+        if (mp != WEFT_NEG_INF) l += expf(mp - m) * part_ml[2 * (base + p) + 1];
+    }
+    l = block_sum(l, red);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    bf16_t* o = out + ((size_t)seq * n_heads + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.0f;
+        for (int p = 0; p < nparts; p++) {
+            const float mp = part_ml[2 * (base + p)];
+            if (mp != WEFT_NEG_INF) a += expf(mp - m) * part_acc[(base + p) * hd + d];
+        }
+        o[d] = f2bf(a * inv);
+    }
+}
+
+/* What one prefill block works on: PF_BQ rows of one sequence and one KV head. */
+struct PfBlock {
+    const int* table;
+    const u32* k32;
+    const u32* v32;
+    int max_blocks, block_size, num_blocks, kv_heads, kvh, hp, kstride, kend;
+};
+
+/* Stages positions k0..k0+PF_BK (those below kend and inside the pool; zeros otherwise)
+   of this KV head into k_s (row stride kstride) and v_s (row stride ATT_MAX_HP). */
+__device__ __forceinline__ void pf_load_tile(const PfBlock& B, int k0, u32* k_s, u32* v_s) {
+    for (int i = threadIdx.x; i < PF_BK * B.hp; i += blockDim.x) {
+        const int j = i / B.hp, pi = i - j * B.hp;
+        u32 kw = 0, vw = 0;
+        if (k0 + j < B.kend) {
+            const long long slot =
+                slot_of(B.table, B.max_blocks, k0 + j, B.block_size, B.num_blocks);
+            if (slot >= 0) {
+                const size_t off = ((size_t)slot * B.kv_heads + B.kvh) * B.hp + pi;
+                kw = B.k32[off];
+                vw = B.v32[off];
+            }
+        }
+        k_s[j * B.kstride + pi] = kw;
+        v_s[j * ATT_MAX_HP + pi] = vw;
+    }
+}
+
+/* One online-softmax step of one query row (qr, at position qp) over the staged tile
+   starting at k0 (k0 <= qp): lane j scores position k0 + j, then m, l and the row's
+   output pairs (lane + 32c) are updated. Called by a whole warp. */
+__device__ __forceinline__ void pf_row_step(const PfBlock& B, const u32* qr, const u32* k_s,
+                                            const u32* v_s, int k0, int qp, float scale,
+                                            float& m, float& l, float (&acc)[4][2]) {
+    const int lane = threadIdx.x & 31;
+    float s = WEFT_NEG_INF;
+    if (k0 + lane <= qp) {
+        const u32* kr = k_s + lane * B.kstride;
+        float dot = 0.0f;
+        for (int pi = 0; pi < B.hp; pi++) {
+            const u32 a = qr[pi], b = kr[pi];
+            dot += bf_lo(a) * bf_lo(b) + bf_hi(a) * bf_hi(b);
+        }
+        s = dot * scale;
+    }
+    const float mn = fmaxf(m, warp_max(s));
+    const float p = s == WEFT_NEG_INF ? 0.0f : expf(s - mn);
+    const float alpha = m == WEFT_NEG_INF ? 0.0f : expf(m - mn);
+    l = l * alpha + warp_sum(p);
+    m = mn;
+#pragma unroll
+    for (int c = 0; c < 4; c++) { acc[c][0] *= alpha; acc[c][1] *= alpha; }
+    const int jn = weft_imin(PF_BK, qp - k0 + 1);
+    for (int j = 0; j < jn; j++) {
+        const float pj = __shfl_sync(WEFT_FULL_MASK, p, j);
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const int pi = lane + 32 * c;
+            if (pi < B.hp) {
+                const u32 w = v_s[j * ATT_MAX_HP + pi];
+                acc[c][0] += pj * bf_lo(w);
+                acc[c][1] += pj * bf_hi(w);
+            }
+        }
+    }
+}
+
+/* Prefill / chunked prefill. grid (ceil(max_rows / PF_BQ), kv_heads, num_seqs), block 128
+   threads (4 warps x PF_ROWS_PER_WARP rows = PF_BQ). seq_info [num_seqs, 3] = (first row
+   in q/out, n_tokens, start_pos). Row r of a sequence's block range is (token r / group,
+   query head kvh * group + r % group); token t at position start_pos + t attends
+   positions 0..=start_pos + t. q, out [total_tokens, n_heads, hd]. */
+extern "C" __global__ void weft_paged_prefill(
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k_pool,
+    const bf16_t* __restrict__ v_pool, const int* __restrict__ block_tables,
+    const int* __restrict__ seq_info, bf16_t* __restrict__ out, int n_heads, int kv_heads,
+    int hd, int block_size, int num_blocks, int max_blocks, float scale) {
+    __shared__ u32 q_s[PF_BQ * ATT_MAX_HP];
+    __shared__ u32 k_s[PF_BK * PF_KSTRIDE];
+    __shared__ u32 v_s[PF_BK * ATT_MAX_HP];
+    const int seq = blockIdx.z, kvh = blockIdx.y, row0 = blockIdx.x * PF_BQ;
+    const int row_off = seq_info[3 * seq], nt = seq_info[3 * seq + 1];
+    const int sp = seq_info[3 * seq + 2];
+    const int group = n_heads / kv_heads;
+    const int nrows = nt * group;
+    if (row0 >= nrows || kvh >= kv_heads || hd > ATT_MAX_HD || (hd & 1)) return;
+    PfBlock B;
+    B.table = block_tables + (size_t)seq * max_blocks;
+    B.k32 = (const u32*)k_pool;
+    B.v32 = (const u32*)v_pool;
+    B.max_blocks = max_blocks;
+    B.block_size = block_size;
+    B.num_blocks = num_blocks;
+    B.kv_heads = kv_heads;
+    B.kvh = kvh;
+    B.hp = hd / 2;
+    B.kstride = B.hp | 1; /* odd: lanes reading different rows hit different banks */
+    B.kend = sp + (weft_imin(row0 + PF_BQ, nrows) - 1) / group + 1;
+    for (int i = threadIdx.x; i < PF_BQ * B.hp; i += blockDim.x) {
+        const int r = i / B.hp, pi = i - r * B.hp;
+        const int rr = row0 + r;
+        u32 w = 0;
+        if (rr < nrows) {
+            const int t = rr / group, g = rr - t * group;
+            w = ((const u32*)(q + ((size_t)(row_off + t) * n_heads + kvh * group + g) * hd))[pi];
+        }
+        q_s[r * ATT_MAX_HP + pi] = w;
+    }
+    const int warp = threadIdx.x >> 5;
+    float m[PF_ROWS_PER_WARP], l[PF_ROWS_PER_WARP], acc[PF_ROWS_PER_WARP][4][2];
+#pragma unroll
+    for (int i = 0; i < PF_ROWS_PER_WARP; i++) {
+        m[i] = WEFT_NEG_INF;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 4; c++) { acc[i][c][0] = 0.0f; acc[i][c][1] = 0.0f; }
+    }
+    for (int k0 = 0; k0 < B.kend; k0 += PF_BK) {
+        __syncthreads(); /* the previous tile is consumed (and q_s is written, first time) */
+        pf_load_tile(B, k0, k_s, v_s);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < PF_ROWS_PER_WARP; i++) {
+            const int r = warp * PF_ROWS_PER_WARP + i;
+            if (row0 + r >= nrows) continue;
+            const int qp = sp + (row0 + r) / group;
+            if (k0 > qp) continue;
+            pf_row_step(B, q_s + r * ATT_MAX_HP, k_s, v_s, k0, qp, scale, m[i], l[i], acc[i]);
+        }
+    }
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < PF_ROWS_PER_WARP; i++) {
+        const int rr = row0 + warp * PF_ROWS_PER_WARP + i;
+        if (rr >= nrows) continue;
+        const int t = rr / group, g = rr - t * group;
+        const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        u32* o = (u32*)(out + ((size_t)(row_off + t) * n_heads + kvh * group + g) * hd);
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const int pi = lane + 32 * c;
+            if (pi < B.hp) o[pi] = bf_pack(acc[i][c][0] * inv, acc[i][c][1] * inv);
+        }
+    }
+}
+"#;
