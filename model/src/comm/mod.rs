@@ -16,6 +16,8 @@
 
 mod conn;
 mod handshake;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 mod tcp;
 mod wire;
 
