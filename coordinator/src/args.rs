@@ -147,6 +147,10 @@ pub struct LocalArgs {
     /// Compute threads per local worker (0 = cores / tp).
     #[arg(long, env = "WEFT_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+    /// Device of the local workers: `cpu`, or `cuda:N` (rank r uses GPU N + r;
+    /// the workers must be built with `--features cuda`).
+    #[arg(long, env = "WEFT_WORKER_DEVICE")]
+    pub worker_device: Option<crate::local::WorkerDevice>,
     /// Pass --debug-logits to local workers (tests only).
     #[arg(long, hide = true, default_value_t = false)]
     pub worker_debug_logits: bool,

@@ -52,6 +52,22 @@ impl WorkerGroup {
             .collect()
     }
 
+    /// A fresh NCCL unique id from rank 0, for a GPU group's formation.
+    pub async fn new_nccl_id(&self) -> Result<Vec<u8>, CoordinatorError> {
+        let mut c = self
+            .clients
+            .first()
+            .cloned()
+            .ok_or_else(|| CoordinatorError::Unavailable("the group has no ranks".into()))?;
+        let id = c
+            .new_nccl_id(pb::NcclIdRequest {})
+            .await
+            .map_err(|status| CoordinatorError::Worker { rank: 0, status })?
+            .into_inner()
+            .id;
+        Ok(id)
+    }
+
     /// Runs one step on every rank; returns rank 0's answer once all ranks
     /// have answered and agree.
     pub async fn step(&self, req: pb::StepRequest) -> Result<pb::StepResponse, CoordinatorError> {

@@ -16,6 +16,38 @@ pub struct LocalWorkerConfig {
     pub coordinator_url: String,
     pub threads: usize,
     pub debug_logits: bool,
+    /// The device of local workers (None: their default, the CPU).
+    pub device: Option<WorkerDevice>,
+}
+
+/// `--worker-device`: `cpu`, or `cuda` / `cuda:N` (rank r gets GPU N + r).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for WorkerDevice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s
+            .parse::<weft_kernels::Device>()
+            .map_err(|e| e.to_string())?
+        {
+            weft_kernels::Device::Cpu => Ok(WorkerDevice::Cpu),
+            weft_kernels::Device::Cuda(n) => Ok(WorkerDevice::Cuda(n)),
+        }
+    }
+}
+
+impl WorkerDevice {
+    /// The `--device` value of `rank`.
+    pub fn for_rank(self, rank: usize) -> String {
+        match self {
+            WorkerDevice::Cpu => "cpu".into(),
+            WorkerDevice::Cuda(first) => format!("cuda:{}", first + rank),
+        }
+    }
 }
 
 pub struct LocalWorkers {
@@ -64,6 +96,10 @@ impl LocalWorkers {
                 .kill_on_drop(true);
             if cfg.debug_logits {
                 cmd.arg("--debug-logits");
+            }
+            if let Some(device) = &cfg.device {
+                // Rank r of a single-node group uses GPU r (cuda:N offsets it).
+                cmd.arg("--device").arg(device.for_rank(rank));
             }
             let child = cmd
                 .spawn()

@@ -18,6 +18,8 @@ use weft_worker::shard_stream;
 pub struct Member {
     pub worker_addr: String,
     pub comm_addr: String,
+    /// Whether the rank computes on a CUDA device.
+    pub cuda: bool,
 }
 
 /// Registration and shard streaming for one worker group.
@@ -76,6 +78,7 @@ impl Registry {
         let member = Member {
             worker_addr: req.worker_addr.clone(),
             comm_addr: req.comm_addr.clone(),
+            cuda: req.device == pb::DeviceKind::Cuda as i32,
         };
         let mut members = lock(&self.members);
         match &members[rank] {

@@ -363,6 +363,7 @@ fn spawn_local_workers(
         coordinator_url: coordinator_url.to_string(),
         threads,
         debug_logits: args.local.worker_debug_logits,
+        device: args.local.worker_device,
     })
     .map(Some)
 }
@@ -389,6 +390,18 @@ async fn start_group(
     .ok_or_else(|| CoordinatorError::Unavailable(format!("not every rank registered within {timeout:?}")))?;
 
     let group = WorkerGroup::connect(&members).await?;
+    // A GPU group of several ranks forms its NCCL communicator from an id
+    // that rank 0 makes and this coordinator hands to every rank.
+    let nccl_id = if members.len() > 1 && members.iter().any(|m| m.cuda) {
+        if !members.iter().all(|m| m.cuda) {
+            return Err(CoordinatorError::InvalidArgument(
+                "a tensor-parallel group cannot mix CPU and GPU ranks".into(),
+            ));
+        }
+        group.new_nccl_id().await?
+    } else {
+        Vec::new()
+    };
     let config = ckpt.config();
     let load = pb::LoadRequest {
         world_size: args.model.tp as u32,
@@ -409,6 +422,7 @@ async fn start_group(
         collective_timeout_ms: args.model.collective_timeout_ms,
         kv_block_size: sched.kv_block_size as u32,
         kv_num_blocks: sched.kv_num_blocks as u32,
+        nccl_id,
         ..Default::default()
     };
     for l in group.load(&load).await? {

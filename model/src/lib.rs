@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod comm;
 pub mod config;
 pub mod gguf;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod llama;
 pub mod safetensors_ckpt;
 pub mod sampling;

@@ -69,6 +69,41 @@ impl SyntheticSpec {
         }
     }
 
+    /// Llama-3-8B's shape (bf16), for measurement with seeded weights.
+    pub fn llama3_8b() -> Self {
+        Self {
+            arch: Arch::Llama,
+            hidden_size: 4096,
+            intermediate_size: 14336,
+            num_layers: 32,
+            num_heads: 32,
+            num_kv_heads: 8,
+            vocab_size: 128_256,
+            rope_theta: 500_000.0,
+            rope_scaling: Some(Llama3RopeScaling {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            }),
+            tie_word_embeddings: false,
+            dtype: DType::BF16,
+            shards: 1,
+            seed: 0x5eed,
+        }
+    }
+
+    /// Llama-3-70B's shape (bf16).
+    pub fn llama3_70b() -> Self {
+        Self {
+            hidden_size: 8192,
+            intermediate_size: 28672,
+            num_layers: 80,
+            num_heads: 64,
+            ..Self::llama3_8b()
+        }
+    }
+
     /// The config the written config.json describes.
     pub fn config(&self) -> ModelConfig {
         ModelConfig {

@@ -1,8 +1,10 @@
 //! Command-line configuration of `weft-worker`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser};
+use weft_kernels::Device;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -35,4 +37,24 @@ pub struct WorkerArgs {
     /// Seconds to keep retrying registration while the coordinator starts.
     #[arg(long, env = "WEFT_REGISTER_TIMEOUT", default_value_t = 60)]
     pub register_timeout_s: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where this rank runs: `cpu`, or `cuda:N` (needs a build with
+    /// `--features cuda` and an NVIDIA driver).
+    #[arg(long, env = "WEFT_DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    /// Folder where compiled CUDA kernels are kept between runs.
+    #[arg(long, env = "WEFT_PTX_CACHE")]
+    pub ptx_cache: Option<PathBuf>,
+    /// Largest share of the GPU's memory the weights and K/V pool may take.
+    #[arg(long, env = "WEFT_GPU_MEMORY_FRACTION", default_value_t = 0.9)]
+    pub gpu_memory_fraction: f64,
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    s.parse::<Device>().map_err(|e| e.to_string())
 }

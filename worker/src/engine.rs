@@ -33,24 +33,61 @@ pub struct EngineConfig {
     pub kv_num_blocks: usize,
 }
 
+/// Where this rank's forward pass runs.
+pub enum Backend {
+    /// Weights and K/V pool in host memory, collectives over TCP.
+    Cpu {
+        model: Box<RankModel>,
+        comm: Box<dyn Communicator>,
+    },
+    /// Weights and K/V pool on a CUDA device (world size 1 so far).
+    #[cfg(feature = "cuda")]
+    Gpu(Box<crate::gpu::GpuRank>),
+}
+
+/// The running form of a [`Backend`].
+enum Forward {
+    Cpu {
+        model: Box<RankModel>,
+        comm: Box<dyn Communicator>,
+        pool: Box<KvPool>,
+    },
+    #[cfg(feature = "cuda")]
+    Gpu(Box<crate::gpu::GpuRank>),
+}
+
+impl Forward {
+    fn forward_batch(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, WorkerError> {
+        match self {
+            Forward::Cpu { model, comm, pool } => {
+                Ok(model.forward_batch(comm.as_mut(), pool, seqs)?)
+            }
+            #[cfg(feature = "cuda")]
+            Forward::Gpu(g) => g.forward_batch(seqs),
+        }
+    }
+}
+
 impl EngineHandle {
     /// Starts the engine thread for a loaded model.
-    pub fn spawn(
-        model: RankModel,
-        comm: Box<dyn Communicator>,
-        config: EngineConfig,
-    ) -> Result<Self, WorkerError> {
+    pub fn spawn(backend: Backend, rank: usize, config: EngineConfig) -> Result<Self, WorkerError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads)
             .thread_name(|i| format!("weft-compute-{i}"))
             .build()
             .map_err(|e| WorkerError::NotReady(format!("cannot start compute threads: {e}")))?;
         let (tx, rx) = mpsc::channel(8);
-        let kv = model.new_pool(config.kv_block_size, config.kv_num_blocks)?;
+        let forward = match backend {
+            Backend::Cpu { model, comm } => {
+                let pool = Box::new(model.new_pool(config.kv_block_size, config.kv_num_blocks)?);
+                Forward::Cpu { model, comm, pool }
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(g) => Forward::Gpu(g),
+        };
         let engine = Engine {
-            model,
-            comm,
-            pool: kv,
+            forward,
+            rank,
             history: HashMap::new(),
             debug_logits: config.debug_logits,
         };
@@ -72,9 +109,8 @@ impl EngineHandle {
 }
 
 struct Engine {
-    model: RankModel,
-    comm: Box<dyn Communicator>,
-    pool: KvPool,
+    forward: Forward,
+    rank: usize,
     /// Every token seen of each live sequence, by position (for penalties).
     history: HashMap<u64, Vec<u32>>,
     debug_logits: bool,
@@ -117,7 +153,7 @@ impl Engine {
         }
         let mut resp = pb::StepResponse {
             step_id: req.step_id,
-            rank: self.model.rank() as u32,
+            rank: self.rank as u32,
             ..Default::default()
         };
         if req.seqs.is_empty() {
@@ -134,9 +170,7 @@ impl Engine {
                 want_logits: s.sample,
             })
             .collect();
-        let logits = self
-            .model
-            .forward_batch(self.comm.as_mut(), &mut self.pool, &inputs)?;
+        let logits = self.forward.forward_batch(&inputs)?;
         let sampled = req.seqs.iter().filter(|s| s.sample);
         for (seq, logits) in sampled.zip(logits) {
             resp.tokens.push(self.sample(seq, &logits));

@@ -7,6 +7,10 @@ pub mod args;
 pub mod convert;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
+#[cfg(feature = "cuda")]
+pub mod gpu_check;
 pub mod process;
 pub mod service;
 pub mod shard_stream;

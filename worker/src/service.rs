@@ -15,9 +15,11 @@ use weft_model::shard::{read_shard, Shard, ShardPlan};
 use weft_proto::cluster::v1 as pb;
 use weft_proto::cluster::v1::worker_server::{Worker, WorkerServer};
 
+use crate::args::DeviceArgs;
 use crate::convert::config_from_proto;
-use crate::engine::{EngineConfig, EngineHandle};
+use crate::engine::{Backend, EngineConfig, EngineHandle};
 use crate::{shard_stream, WorkerArgs, WorkerError};
+use weft_kernels::Device;
 
 #[derive(Clone, Debug)]
 enum Phase {
@@ -29,6 +31,7 @@ enum Phase {
 
 struct State {
     rank: u32,
+    device: DeviceArgs,
     threads: usize,
     debug_logits: bool,
     phase: Mutex<Phase>,
@@ -56,6 +59,7 @@ impl WorkerService {
         WorkerService {
             state: Arc::new(State {
                 rank: args.rank,
+                device: args.device.clone(),
                 threads: args.threads,
                 debug_logits: args.debug_logits,
                 phase: Mutex::new(Phase::Waiting),
@@ -101,20 +105,32 @@ impl WorkerService {
                 "the KV cache needs a block size and a block count".into(),
             ));
         }
-        let (model, comm) = tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
+        let device = self.state.device.clone();
+        let kv = (kv_block_size as usize, kv_num_blocks as usize);
+        let backend = tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
+            if let Device::Cuda(ordinal) = device.device {
+                let nccl = GpuGroup {
+                    id: req.nccl_id.clone(),
+                    timeout: Duration::from_millis(u64::from(req.collective_timeout_ms.max(1))),
+                };
+                return gpu_backend(&cfg, &shard, ordinal, &device, kv, nccl);
+            }
             let model = RankModel::from_shard(&cfg, &shard)?;
             let comm: Box<dyn Communicator> = if world == 1 {
                 Box::new(SingleRank)
             } else {
                 Box::new(TcpComm::connect(listener, comm_cfg, req.session)?)
             };
-            Ok((model, comm))
+            Ok(Backend::Cpu {
+                model: Box::new(model),
+                comm,
+            })
         })
         .await
         .map_err(|e| WorkerError::NotReady(format!("load task failed: {e}")))??;
         let engine = EngineHandle::spawn(
-            model,
-            comm,
+            backend,
+            rank,
             EngineConfig {
                 threads: self.state.threads,
                 debug_logits: self.state.debug_logits,
@@ -205,6 +221,13 @@ impl Worker for WorkerService {
         }
     }
 
+    async fn new_nccl_id(
+        &self,
+        _: Request<pb::NcclIdRequest>,
+    ) -> Result<Response<pb::NcclIdResponse>, Status> {
+        Ok(Response::new(pb::NcclIdResponse { id: new_nccl_id()? }))
+    }
+
     async fn step(
         &self,
         request: Request<pb::StepRequest>,
@@ -253,12 +276,82 @@ impl Worker for WorkerService {
     }
 }
 
+#[cfg(feature = "cuda")]
+fn new_nccl_id() -> Result<Vec<u8>, WorkerError> {
+    weft_model::comm::nccl::NcclId::new()
+        .map(|id| id.to_bytes().to_vec())
+        .map_err(|e| WorkerError::NotReady(format!("NCCL: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn new_nccl_id() -> Result<Vec<u8>, WorkerError> {
+    Err(WorkerError::NotReady(
+        "NCCL ids come from workers built with the `cuda` feature".into(),
+    ))
+}
+
+/// The NCCL side of a GPU group's formation (read only by CUDA builds).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct GpuGroup {
+    /// 128 bytes when the group has more than one rank.
+    id: Vec<u8>,
+    timeout: Duration,
+}
+
+/// A rank on a CUDA device.
+#[cfg(feature = "cuda")]
+fn gpu_backend(
+    cfg: &weft_model::config::ModelConfig,
+    shard: &Shard,
+    ordinal: usize,
+    device: &DeviceArgs,
+    (block_size, num_blocks): (usize, usize),
+    group: GpuGroup,
+) -> Result<Backend, WorkerError> {
+    let c = crate::gpu::GpuRankConfig {
+        nccl_id: group.id,
+        collective_timeout: group.timeout,
+        ordinal,
+        ptx_cache_dir: device.ptx_cache.clone(),
+        memory_fraction: device.gpu_memory_fraction,
+        kv: weft_model::gpu::KvGeometry {
+            block_size,
+            num_blocks,
+        },
+    };
+    Ok(Backend::Gpu(Box::new(crate::gpu::GpuRank::load(
+        cfg, shard, &c,
+    )?)))
+}
+
+/// Without the `cuda` feature a CUDA device is a typed error.
+#[cfg(not(feature = "cuda"))]
+fn gpu_backend(
+    _cfg: &weft_model::config::ModelConfig,
+    _shard: &Shard,
+    ordinal: usize,
+    _device: &DeviceArgs,
+    _kv: (usize, usize),
+    _group: GpuGroup,
+) -> Result<Backend, WorkerError> {
+    match weft_kernels::check_device(Device::Cuda(ordinal)) {
+        Err(e) => Err(WorkerError::InvalidArgument(e.to_string())),
+        Ok(()) => Err(WorkerError::InvalidArgument(
+            "this worker was built without the `cuda` feature".into(),
+        )),
+    }
+}
+
 /// Binds, registers with the coordinator and serves until `shutdown`
 /// resolves or the coordinator asks this worker to exit.
 pub async fn run(
     args: WorkerArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
+    // Refuse a device this build or machine cannot use before registering.
+    weft_kernels::check_device(args.device.device).map_err(|e| {
+        WorkerError::InvalidArgument(format!("--device {}: {e}", args.device.device))
+    })?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let worker_addr = listener.local_addr()?;
     let comm_listener = std::net::TcpListener::bind(args.comm_listen)?;
@@ -299,6 +392,10 @@ async fn register(
                     rank: args.rank,
                     worker_addr: worker_addr.to_string(),
                     comm_addr: comm_addr.to_string(),
+                    device: match args.device.device {
+                        Device::Cpu => pb::DeviceKind::Cpu,
+                        Device::Cuda(_) => pb::DeviceKind::Cuda,
+                    } as i32,
                 })
                 .await?;
             Ok::<(), WorkerError>(())
