@@ -235,7 +235,7 @@ pub async fn run(
         "scheduler limits"
     );
     let startup = async {
-        let group = start_group(
+        let (group, kv_blocks) = start_group(
             &args,
             &ckpt,
             &registry,
@@ -244,8 +244,15 @@ pub async fn run(
             &sched,
         )
         .await?;
+        // The blocks every rank holds (GPU ranks may size their pool).
+        let sched = SchedulerConfig {
+            kv_num_blocks: kv_blocks,
+            ..sched.clone()
+        };
+        api.set_kv_capacity(kv_blocks * sched.kv_block_size);
+        tracing::info!(kv_blocks, "K/V pool of the group");
         let scheduler = SchedulerHandle::spawn(
-            sched.clone(),
+            sched,
             SchedulerDeps {
                 group: group.clone(),
                 tokenizer: api.model.tokenizer.clone(),
@@ -376,7 +383,7 @@ async fn start_group(
     coordinator_url: String,
     local: Option<&mut LocalWorkers>,
     sched: &SchedulerConfig,
-) -> Result<WorkerGroup, CoordinatorError> {
+) -> Result<(WorkerGroup, usize), CoordinatorError> {
     let timeout = Duration::from_secs(args.net.register_timeout_s);
     let members = match local {
         Some(l) => tokio::select! {
@@ -392,6 +399,7 @@ async fn start_group(
     let group = WorkerGroup::connect(&members).await?;
     // A GPU group of several ranks forms its NCCL communicator from an id
     // that rank 0 makes and this coordinator hands to every rank.
+    let all_cuda = members.iter().all(|m| m.cuda);
     let nccl_id = if members.len() > 1 && members.iter().any(|m| m.cuda) {
         if !members.iter().all(|m| m.cuda) {
             return Err(CoordinatorError::InvalidArgument(
@@ -421,19 +429,37 @@ async fn start_group(
         session: rand::random(),
         collective_timeout_ms: args.model.collective_timeout_ms,
         kv_block_size: sched.kv_block_size as u32,
-        kv_num_blocks: sched.kv_num_blocks as u32,
+        // GPU ranks size their pool from device memory unless told.
+        kv_num_blocks: if all_cuda && args.sched.kv_blocks.is_none() {
+            0
+        } else {
+            sched.kv_num_blocks as u32
+        },
         nccl_id,
         ..Default::default()
     };
+    let mut blocks = usize::MAX;
     for l in group.load(&load).await? {
         tracing::info!(
             rank = l.rank,
             bytes = l.shard_bytes,
             digest = format!("{:016x}", l.shard_digest),
+            kv_blocks = l.kv_num_blocks,
             "rank loaded"
         );
+        // Older workers do not report; they hold what was asked.
+        let held = match l.kv_num_blocks {
+            0 => sched.kv_num_blocks,
+            n => n as usize,
+        };
+        blocks = blocks.min(held);
     }
-    Ok(group)
+    if blocks == 0 || blocks == usize::MAX {
+        return Err(CoordinatorError::Unavailable(
+            "the group holds no K/V blocks".into(),
+        ));
+    }
+    Ok((group, blocks))
 }
 
 fn served_name(args: &CoordinatorArgs, ckpt: &Checkpoint) -> String {

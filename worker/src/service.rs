@@ -100,34 +100,37 @@ impl WorkerService {
             .ok_or_else(|| WorkerError::NotReady("this worker was loaded already".into()))?;
         let comm_cfg = comm_config(&req, rank, world)?;
         let (kv_block_size, kv_num_blocks) = (req.kv_block_size, req.kv_num_blocks);
-        if kv_block_size == 0 || kv_num_blocks == 0 {
+        let gpu = matches!(self.state.device.device, Device::Cuda(_));
+        if kv_block_size == 0 || (kv_num_blocks == 0 && !gpu) {
             return Err(WorkerError::InvalidArgument(
-                "the KV cache needs a block size and a block count".into(),
+                "the KV cache needs a block size and (on the CPU) a block count".into(),
             ));
         }
         let device = self.state.device.clone();
         let kv = (kv_block_size as usize, kv_num_blocks as usize);
-        let backend = tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
-            if let Device::Cuda(ordinal) = device.device {
-                let nccl = GpuGroup {
-                    id: req.nccl_id.clone(),
-                    timeout: Duration::from_millis(u64::from(req.collective_timeout_ms.max(1))),
+        let (backend, kv_blocks) =
+            tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
+                if let Device::Cuda(ordinal) = device.device {
+                    let nccl = GpuGroup {
+                        id: req.nccl_id.clone(),
+                        timeout: Duration::from_millis(u64::from(req.collective_timeout_ms.max(1))),
+                    };
+                    return gpu_backend(&cfg, &shard, ordinal, &device, kv, nccl);
+                }
+                let model = RankModel::from_shard(&cfg, &shard)?;
+                let comm: Box<dyn Communicator> = if world == 1 {
+                    Box::new(SingleRank)
+                } else {
+                    Box::new(TcpComm::connect(listener, comm_cfg, req.session)?)
                 };
-                return gpu_backend(&cfg, &shard, ordinal, &device, kv, nccl);
-            }
-            let model = RankModel::from_shard(&cfg, &shard)?;
-            let comm: Box<dyn Communicator> = if world == 1 {
-                Box::new(SingleRank)
-            } else {
-                Box::new(TcpComm::connect(listener, comm_cfg, req.session)?)
-            };
-            Ok(Backend::Cpu {
-                model: Box::new(model),
-                comm,
+                let backend = Backend::Cpu {
+                    model: Box::new(model),
+                    comm,
+                };
+                Ok((backend, kv.1))
             })
-        })
-        .await
-        .map_err(|e| WorkerError::NotReady(format!("load task failed: {e}")))??;
+            .await
+            .map_err(|e| WorkerError::NotReady(format!("load task failed: {e}")))??;
         let engine = EngineHandle::spawn(
             backend,
             rank,
@@ -135,15 +138,16 @@ impl WorkerService {
                 threads: self.state.threads,
                 debug_logits: self.state.debug_logits,
                 kv_block_size: kv_block_size as usize,
-                kv_num_blocks: kv_num_blocks as usize,
+                kv_num_blocks: kv_blocks,
             },
         )?;
         *lock(&self.state.engine) = Some(engine);
-        tracing::info!(rank, world, bytes, "shard loaded, rank ready");
+        tracing::info!(rank, world, bytes, kv_blocks, "shard loaded, rank ready");
         Ok(pb::LoadResponse {
             rank: rank as u32,
             shard_digest: digest,
             shard_bytes: bytes,
+            kv_num_blocks: kv_blocks as u32,
         })
     }
 
@@ -307,7 +311,7 @@ fn gpu_backend(
     device: &DeviceArgs,
     (block_size, num_blocks): (usize, usize),
     group: GpuGroup,
-) -> Result<Backend, WorkerError> {
+) -> Result<(Backend, usize), WorkerError> {
     let c = crate::gpu::GpuRankConfig {
         nccl_id: group.id,
         collective_timeout: group.timeout,
@@ -319,9 +323,9 @@ fn gpu_backend(
             num_blocks,
         },
     };
-    Ok(Backend::Gpu(Box::new(crate::gpu::GpuRank::load(
-        cfg, shard, &c,
-    )?)))
+    let rank = crate::gpu::GpuRank::load(cfg, shard, &c)?;
+    let blocks = rank.kv_blocks();
+    Ok((Backend::Gpu(Box::new(rank)), blocks))
 }
 
 /// Without the `cuda` feature a CUDA device is a typed error.
@@ -333,7 +337,7 @@ fn gpu_backend(
     _device: &DeviceArgs,
     _kv: (usize, usize),
     _group: GpuGroup,
-) -> Result<Backend, WorkerError> {
+) -> Result<(Backend, usize), WorkerError> {
     match weft_kernels::check_device(Device::Cuda(ordinal)) {
         Err(e) => Err(WorkerError::InvalidArgument(e.to_string())),
         Ok(()) => Err(WorkerError::InvalidArgument(

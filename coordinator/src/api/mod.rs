@@ -4,6 +4,7 @@
 
 mod error;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -84,6 +85,8 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     pub health: Health,
     scheduler: OnceLock<SchedulerHandle>,
+    /// K/V capacity in tokens, known once the group has loaded.
+    kv_capacity: AtomicUsize,
 }
 
 impl Api {
@@ -95,7 +98,24 @@ impl Api {
             metrics,
             health,
             scheduler: OnceLock::new(),
+            kv_capacity: AtomicUsize::new(0),
         })
+    }
+
+    /// Sets the group's K/V capacity (tokens); requests are validated
+    /// against it from then on.
+    pub fn set_kv_capacity(&self, tokens: usize) {
+        self.kv_capacity.store(tokens, Ordering::Relaxed);
+    }
+
+    /// The request limits as of now.
+    pub fn limits(&self) -> RequestLimits {
+        let mut l = self.model.limits.clone();
+        match self.kv_capacity.load(Ordering::Relaxed) {
+            0 => {}
+            n => l.kv_capacity_tokens = n,
+        }
+        l
     }
 
     /// Connects the scheduler once the group is loaded; before that every
@@ -185,7 +205,7 @@ impl Api {
     ) -> Result<EventRx, ApiError> {
         self.check_model(&req.model)?;
         let m = &self.model;
-        let job = validate(req, &m.config, &m.tokenizer, &m.limits)?;
+        let job = validate(req, &m.config, &m.tokenizer, &self.limits())?;
         self.submit(job, ctx).await
     }
 
@@ -204,7 +224,7 @@ impl Api {
             top_logprobs: req.top_logprobs,
         };
         let m = &self.model;
-        let mut job = validate(gen, &m.config, &m.tokenizer, &m.limits)?;
+        let mut job = validate(gen, &m.config, &m.tokenizer, &self.limits())?;
         job.reasoning = reasoning;
         self.submit(job, ctx).await
     }

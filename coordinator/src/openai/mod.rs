@@ -87,7 +87,7 @@ fn request_ctx(headers: &HeaderMap, kind: &'static str) -> RequestCtx {
 /// prompt (at least 1, so that a prompt too long for the context gets the
 /// context-length error).
 fn room(api: &Api, prompt_len: usize) -> u32 {
-    let l = &api.model.limits;
+    let l = api.limits();
     let room = l
         .max_model_len
         .min(l.kv_capacity_tokens)
