@@ -47,6 +47,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(v1)
         .merge(open_paths)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
 }
 
@@ -101,6 +102,18 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
         text,
     )
         .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let body = serde_json::json!({
+        "error": {
+            "message": format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            "type": "invalid_request_error",
+            "param": null,
+            "code": 405,
+        }
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 async fn not_found(req: Request) -> Response {

@@ -212,10 +212,10 @@ impl Metrics {
 }
 
 /// One request's latency tracker; lives in the scheduler's sequence.
+/// Internal requests (the startup canary) carry a disabled one.
 pub struct RequestMetrics {
-    m: Arc<Metrics>,
+    m: Option<Arc<Metrics>>,
     arrival: Instant,
-    first_token: Option<Instant>,
     last_token: Option<Instant>,
     admitted: bool,
     done: bool,
@@ -224,9 +224,19 @@ pub struct RequestMetrics {
 impl RequestMetrics {
     pub fn new(m: Arc<Metrics>) -> Self {
         RequestMetrics {
-            m,
+            m: Some(m),
             arrival: Instant::now(),
-            first_token: None,
+            last_token: None,
+            admitted: false,
+            done: false,
+        }
+    }
+
+    /// Counts nothing.
+    pub fn disabled() -> Self {
+        RequestMetrics {
+            m: None,
+            arrival: Instant::now(),
             last_token: None,
             admitted: false,
             done: false,
@@ -235,32 +245,34 @@ impl RequestMetrics {
 
     /// First admission into the running batch.
     pub fn admitted(&mut self, now: Instant) {
-        if !self.admitted {
-            self.admitted = true;
-            self.m
-                .queue_time
+        if std::mem::replace(&mut self.admitted, true) {
+            return;
+        }
+        if let Some(m) = &self.m {
+            m.queue_time
                 .record(now.duration_since(self.arrival).as_secs_f64());
         }
     }
 
     /// A token was produced; `prompt_len` counts once, with the first.
     pub fn token(&mut self, now: Instant, prompt_len: usize) {
-        match self.last_token {
+        let prev = self.last_token.replace(now);
+        let Some(m) = &self.m else {
+            return;
+        };
+        match prev {
             None => {
-                self.m
-                    .ttft
+                m.ttft
                     .record(now.duration_since(self.arrival).as_secs_f64());
-                self.m.prompt_tokens.increment(prompt_len as u64);
-                self.first_token = Some(now);
+                m.prompt_tokens.increment(prompt_len as u64);
             }
             Some(prev) => {
                 let gap = now.duration_since(prev).as_secs_f64();
-                self.m.itl.record(gap);
-                self.m.tpot.record(gap);
+                m.itl.record(gap);
+                m.tpot.record(gap);
             }
         }
-        self.last_token = Some(now);
-        self.m.generation_tokens.increment(1);
+        m.generation_tokens.increment(1);
     }
 
     /// The request ended (normally or not); counted once.
@@ -268,16 +280,19 @@ impl RequestMetrics {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let Some(m) = &self.m else {
+            return;
+        };
         let idx = match reason {
             FinishedReason::Stop => 0,
             FinishedReason::Length => 1,
             FinishedReason::Abort => 2,
         };
-        self.m.success[idx].increment(1);
+        m.success[idx].increment(1);
         if reason != FinishedReason::Abort {
-            self.m.e2e.record(self.arrival.elapsed().as_secs_f64());
-            self.m.request_prompt_tokens.record(prompt as f64);
-            self.m.request_generation_tokens.record(generated as f64);
+            m.e2e.record(self.arrival.elapsed().as_secs_f64());
+            m.request_prompt_tokens.record(prompt as f64);
+            m.request_generation_tokens.record(generated as f64);
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct GenRequest {
     pub traceparent: Option<String>,
     /// The request's tracing span (never holds prompt text).
     pub span: tracing::Span,
+    /// A request of the server itself (the startup canary): not counted
+    /// in the metrics.
+    pub internal: bool,
 }
 
 fn invalid(msg: impl Into<String>) -> CoordinatorError {
@@ -102,6 +105,7 @@ pub fn validate(
         reasoning: None,
         traceparent: None,
         span: tracing::Span::none(),
+        internal: false,
     })
 }
 

@@ -324,7 +324,13 @@ async fn canary(api: &Api) -> Result<(), CoordinatorError> {
         ..Default::default()
     };
     let rx = api
-        .generate(req, &RequestCtx::default())
+        .generate(
+            req,
+            &RequestCtx {
+                internal: true,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| CoordinatorError::Unavailable(format!("canary step: {e}")))?;
     let reply = collect(rx)

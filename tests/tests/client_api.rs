@@ -66,6 +66,7 @@ async fn generate_chat_tokenize_and_models() {
     let _serial = SERIAL.lock().await;
     let server = start(1, &[]).await;
     let mut client = server.client().await;
+    check_fresh_metrics(&server.http_url).await;
 
     // Unary Generate returns exactly what the stream returns.
     let req = text_request("The capital of France is", 12);
@@ -175,6 +176,41 @@ async fn run_rust_example(url: &str) {
     );
     assert!(stdout.contains("finished: "), "{stdout}");
     assert!(stdout.contains("tokens: ["), "{stdout}");
+}
+
+/// Right after startup nothing is counted: the canary request is the
+/// server's own.
+async fn check_fresh_metrics(http_url: &str) {
+    let text = reqwest::get(format!("{http_url}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let value = |prefix: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value")
+    };
+    assert_eq!(value("weft:generation_tokens_total{"), 0.0);
+    for reason in ["stop", "length", "abort"] {
+        let p = format!("weft:request_success_total{{model_name=\"SmolLM2-135M-Instruct.Q4_1\",finished_reason=\"{reason}\"}}");
+        assert_eq!(value(&p), 0.0, "{reason}");
+    }
+    // A wrong method is an OpenAI-style error too.
+    let resp = reqwest::Client::new()
+        .get(format!("{http_url}/v1/chat/completions"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 405);
+    let body: serde_json::Value = resp.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], 405);
 }
 
 async fn check_models(url: &str) {

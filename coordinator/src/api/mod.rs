@@ -56,6 +56,8 @@ pub struct ApiConfig {
 pub struct RequestCtx {
     pub deadline: Option<Instant>,
     pub trace: Option<TraceParent>,
+    /// The server's own request (the startup canary): not in the metrics.
+    pub internal: bool,
 }
 
 impl RequestCtx {
@@ -74,7 +76,11 @@ impl RequestCtx {
             trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str()),
             "request"
         );
-        RequestCtx { deadline, trace }
+        RequestCtx {
+            deadline,
+            trace,
+            internal: false,
+        }
     }
 }
 
@@ -232,6 +238,7 @@ impl Api {
     async fn submit(&self, mut job: GenRequest, ctx: &RequestCtx) -> Result<EventRx, ApiError> {
         let scheduler = self.scheduler()?;
         job.traceparent = ctx.trace.as_ref().map(TraceParent::header);
+        job.internal = ctx.internal;
         job.span = tracing::debug_span!(
             "request",
             trace_id = ctx.trace.as_ref().map_or("", |t| t.trace_id.as_str()),

@@ -131,7 +131,11 @@ impl SchedulerHandle {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let metrics = RequestMetrics::new(self.metrics.clone());
+        let metrics = if req.internal {
+            RequestMetrics::disabled()
+        } else {
+            RequestMetrics::new(self.metrics.clone())
+        };
         let seq = Box::new(Seq::new(
             id,
             req,
