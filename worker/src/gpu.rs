@@ -8,7 +8,7 @@ use std::time::Duration;
 use weft_kernels::cuda::{CudaBackend, CudaConfig};
 use weft_model::comm::nccl::{NcclComm, NcclConfig, NcclId};
 use weft_model::config::ModelConfig;
-use weft_model::gpu::{GpuRankModel, GpuSeq, KvGeometry};
+use weft_model::gpu::{GpuRankModel, KvGeometry};
 use weft_model::llama::SeqInput;
 use weft_model::shard::Shard;
 
@@ -147,18 +147,9 @@ impl GpuRank {
 
     /// One step: the logits of the sequences that want them, on the host.
     pub fn forward_batch(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, WorkerError> {
-        let gseqs: Vec<GpuSeq<'_>> = seqs
-            .iter()
-            .map(|s| GpuSeq {
-                tokens: s.tokens,
-                start_pos: s.start_pos,
-                block_table: s.block_table,
-                want_logits: s.want_logits,
-            })
-            .collect();
         let out = self
             .model
-            .forward(&self.backend, &gseqs, self.comm.as_mut())
+            .forward(&self.backend, seqs, self.comm.as_mut())
             .map_err(|e| match e {
                 weft_model::gpu::GpuError::Invalid(m) => WorkerError::InvalidArgument(m),
                 other => gpu_err(other),

@@ -8,18 +8,7 @@ use weft_kernels::cuda::{attn, matmul_bf16, ops, CudaBackend, DeviceBuffer, Page
 
 use super::{GpuError, GpuRankModel};
 use crate::comm::nccl::NcclComm;
-
-/// One sequence's part of a step.
-#[derive(Clone, Copy, Debug)]
-pub struct GpuSeq<'a> {
-    /// New tokens, at positions `start_pos..start_pos + tokens.len()`.
-    pub tokens: &'a [u32],
-    pub start_pos: usize,
-    /// Pool blocks holding positions `0..`, `block_size` positions each.
-    pub block_table: &'a [u32],
-    /// Whether the step returns logits for this sequence's last token.
-    pub want_logits: bool,
-}
+use crate::llama::SeqInput;
 
 /// Logits of the sequences that wanted them, on the device: `[rows, vocab]` f32.
 pub struct GpuStepOutput {
@@ -42,7 +31,7 @@ struct Scratch {
 }
 
 impl GpuRankModel {
-    fn check_seqs(&self, seqs: &[GpuSeq<'_>]) -> Result<(), GpuError> {
+    fn check_seqs(&self, seqs: &[SeqInput<'_>]) -> Result<(), GpuError> {
         let vocab = self.cfg.vocab_size;
         for (i, s) in seqs.iter().enumerate() {
             if s.tokens.is_empty() {
@@ -89,7 +78,7 @@ impl GpuRankModel {
     pub fn forward(
         &mut self,
         b: &CudaBackend,
-        seqs: &[GpuSeq<'_>],
+        seqs: &[SeqInput<'_>],
         mut comm: Option<&mut NcclComm>,
     ) -> Result<GpuStepOutput, GpuError> {
         self.check_seqs(seqs)?;
@@ -206,7 +195,7 @@ impl GpuRankModel {
     fn logits(
         &self,
         b: &CudaBackend,
-        seqs: &[GpuSeq<'_>],
+        seqs: &[SeqInput<'_>],
         normed: &DeviceBuffer<bf16>,
     ) -> Result<GpuStepOutput, GpuError> {
         let h = self.cfg.hidden_size;

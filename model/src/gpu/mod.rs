@@ -16,7 +16,7 @@ use weft_kernels::cuda::{CudaBackend, CudaError, DeviceBuffer, PagedKvCache};
 use crate::config::ModelConfig;
 use crate::llama::LocalDims;
 
-pub use forward::{GpuSeq, GpuStepOutput};
+pub use forward::GpuStepOutput;
 pub use load::{random_shard, SyntheticInit};
 
 use half::bf16;

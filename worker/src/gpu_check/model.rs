@@ -8,7 +8,7 @@ use std::time::Instant;
 use weft_kernels::cuda::CudaBackend;
 use weft_model::comm::SingleRank;
 use weft_model::config::ModelConfig;
-use weft_model::gpu::{random_shard, GpuRankModel, GpuSeq, KvGeometry, SyntheticInit};
+use weft_model::gpu::{random_shard, GpuRankModel, KvGeometry, SyntheticInit};
 use weft_model::llama::{RankModel, SeqInput};
 use weft_model::synthetic::SyntheticSpec;
 
@@ -95,7 +95,7 @@ fn compare(b: &CudaBackend, seed: u64) -> Result<(f64, usize, usize), String> {
         let g = gpu
             .forward(
                 b,
-                &[GpuSeq {
+                &[SeqInput {
                     tokens: new,
                     start_pos: start,
                     block_table: &table,
@@ -218,9 +218,9 @@ fn time_decode(
         .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
         .collect();
     let prompt: Vec<u32> = (0..128).map(|i| (i * 31 + 7) % 128_000).collect();
-    let seqs: Vec<GpuSeq<'_>> = tables
+    let seqs: Vec<SeqInput<'_>> = tables
         .iter()
-        .map(|t| GpuSeq {
+        .map(|t| SeqInput {
             tokens: &prompt,
             start_pos: 0,
             block_table: t,
@@ -242,10 +242,10 @@ fn time_decode(
             b.synchronize().map_err(|e| e.to_string())?;
             t0 = Instant::now();
         }
-        let seqs: Vec<GpuSeq<'_>> = tables
+        let seqs: Vec<SeqInput<'_>> = tables
             .iter()
             .zip(&next)
-            .map(|(t, tok)| GpuSeq {
+            .map(|(t, tok)| SeqInput {
                 tokens: std::slice::from_ref(tok),
                 start_pos: pos,
                 block_table: t,
@@ -269,7 +269,7 @@ fn time_decode(
 fn time_prefill(b: &CudaBackend, m: &mut GpuRankModel, n: usize) -> Result<f64, String> {
     let table: Vec<u32> = (0..n.div_ceil(BLOCK) as u32).collect();
     let prompt: Vec<u32> = (0..n as u32).map(|i| (i * 131 + 3) % 128_000).collect();
-    let seq = [GpuSeq {
+    let seq = [SeqInput {
         tokens: &prompt,
         start_pos: 0,
         block_table: &table,
