@@ -66,6 +66,34 @@ impl Forward {
             Forward::Gpu(g) => g.forward_batch(seqs),
         }
     }
+
+    /// Runs the step and picks each sampled sequence's most likely token
+    /// on the device, when the backend can (None: sample on the host).
+    fn forward_greedy(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+    ) -> Option<Result<Vec<(u32, f32)>, WorkerError>> {
+        match self {
+            Forward::Cpu { .. } => {
+                let _ = seqs;
+                None
+            }
+            #[cfg(feature = "cuda")]
+            Forward::Gpu(g) => g.forward_greedy(seqs),
+        }
+    }
+}
+
+/// Whether sampling is plain argmax: greedy, no penalties, no alternatives
+/// (the device can then choose the token without the logits leaving it).
+fn plain_greedy(s: Option<&pb::Sampling>) -> bool {
+    s.is_none_or(|s| {
+        s.temperature == 0.0
+            && (s.repetition_penalty == 0.0 || s.repetition_penalty == 1.0)
+            && s.presence_penalty == 0.0
+            && s.frequency_penalty == 0.0
+            && s.top_logprobs == 0
+    })
 }
 
 impl EngineHandle {
@@ -170,8 +198,22 @@ impl Engine {
                 want_logits: s.sample,
             })
             .collect();
-        let logits = self.forward.forward_batch(&inputs)?;
+        let debug = req.debug_return_logits && self.debug_logits;
         let sampled = req.seqs.iter().filter(|s| s.sample);
+        if !debug && sampled.clone().all(|s| plain_greedy(s.sampling.as_ref())) {
+            if let Some(chosen) = self.forward.forward_greedy(&inputs) {
+                for (seq, (token, logprob)) in sampled.zip(chosen?) {
+                    resp.tokens.push(pb::SampledToken {
+                        seq_id: seq.seq_id,
+                        token,
+                        logprob,
+                        top: Vec::new(),
+                    });
+                }
+                return Ok(resp);
+            }
+        }
+        let logits = self.forward.forward_batch(&inputs)?;
         for (seq, logits) in sampled.zip(logits) {
             resp.tokens.push(self.sample(seq, &logits));
             if req.debug_return_logits && self.debug_logits {
@@ -222,5 +264,50 @@ fn sampling_params(s: Option<&pb::Sampling>) -> SamplingParams {
             frequency_penalty: s.frequency_penalty,
             top_logprobs: s.top_logprobs.min(20),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_argmax_is_chosen_on_the_device() {
+        assert!(plain_greedy(None));
+        let greedy = pb::Sampling::default();
+        assert!(plain_greedy(Some(&greedy)));
+        let off = pb::Sampling {
+            repetition_penalty: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
+        assert!(
+            plain_greedy(Some(&off)),
+            "a seed or a neutral penalty changes nothing"
+        );
+        for s in [
+            pb::Sampling {
+                temperature: 0.7,
+                ..Default::default()
+            },
+            pb::Sampling {
+                repetition_penalty: 1.2,
+                ..Default::default()
+            },
+            pb::Sampling {
+                presence_penalty: 0.5,
+                ..Default::default()
+            },
+            pb::Sampling {
+                frequency_penalty: -0.5,
+                ..Default::default()
+            },
+            pb::Sampling {
+                top_logprobs: 3,
+                ..Default::default()
+            },
+        ] {
+            assert!(!plain_greedy(Some(&s)), "{s:?}");
+        }
     }
 }

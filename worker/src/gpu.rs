@@ -86,6 +86,13 @@ impl MemoryPlan {
     }
 }
 
+fn model_err(e: weft_model::gpu::GpuError) -> WorkerError {
+    match e {
+        weft_model::gpu::GpuError::Invalid(m) => WorkerError::InvalidArgument(m),
+        other => gpu_err(other),
+    }
+}
+
 fn gpu_err(e: impl std::fmt::Display) -> WorkerError {
     WorkerError::NotReady(format!("CUDA backend: {e}"))
 }
@@ -145,15 +152,32 @@ impl GpuRank {
         self.model.kv_geometry().num_blocks
     }
 
+    /// One step choosing each sampled sequence's most likely token on the
+    /// device (only the ids and log-probabilities come back); None when the
+    /// logits are split across ranks (the host path then samples).
+    pub fn forward_greedy(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+    ) -> Option<Result<Vec<(u32, f32)>, WorkerError>> {
+        if self.model.world_size() > 1 {
+            return None;
+        }
+        let mut run = || {
+            let out = self
+                .model
+                .forward(&self.backend, seqs, None)
+                .map_err(model_err)?;
+            self.model.greedy(&self.backend, &out).map_err(gpu_err)
+        };
+        Some(run())
+    }
+
     /// One step: the logits of the sequences that want them, on the host.
     pub fn forward_batch(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, WorkerError> {
         let out = self
             .model
             .forward(&self.backend, seqs, self.comm.as_mut())
-            .map_err(|e| match e {
-                weft_model::gpu::GpuError::Invalid(m) => WorkerError::InvalidArgument(m),
-                other => gpu_err(other),
-            })?;
+            .map_err(model_err)?;
         self.model
             .host_logits(&self.backend, &out, self.comm.as_mut())
             .map_err(gpu_err)
