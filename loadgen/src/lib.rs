@@ -3,9 +3,11 @@
 //!
 //! - [`target`]: the servers (one [`target::Target`] per protocol).
 //! - [`workload`]: what each request asks for.
+//! - [`arrivals`]: open-loop request arrival times (Poisson / gamma).
 //! - [`runner`]: the load shape (concurrency, budget, warm-up, deadline).
 //! - [`metrics`]: pure metric math; [`report`]: JSON and summary line.
 
+pub mod arrivals;
 pub mod cli;
 pub mod metrics;
 pub mod report;

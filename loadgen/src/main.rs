@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use weft_loadgen::cli::Cli;
-use weft_loadgen::report::{self, Config};
+use weft_loadgen::report;
 use weft_loadgen::workload::Workload;
 use weft_loadgen::{runner, target};
 
@@ -34,30 +34,28 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let endpoint = target::parse_target(&cli.target, cli.allow_remote)?;
-    let shape = cli.shape();
     let target = target::connect(&endpoint, cli.model.clone()).await?;
     let workload = Workload::new(cli.max_tokens, cli.unique_prompts);
-    let outcome = runner::run(target.as_ref(), &shape, &workload).await;
-    let config = Config {
-        target: cli.target.clone(),
-        api: endpoint.api,
-        model: cli.model.clone(),
-        concurrency: shape.concurrency,
-        requests: shape.requests,
-        warmup: shape.warmup,
-        max_tokens: cli.max_tokens,
-        max_duration_s: cli.max_duration_s,
-        unique_prompts: cli.unique_prompts,
-    };
-    let report = report::build(config, &outcome);
-    println!("{}", report::summary_line(&report));
+    let mut reports = Vec::new();
+    for shape in cli.shapes() {
+        let outcome = runner::run(target.as_ref(), &shape, &workload).await;
+        let report = report::build(cli.config(endpoint.api, &shape), &outcome);
+        println!("{}", report::summary_line(&report));
+        reports.push(report);
+    }
     if let Some(path) = &cli.json {
-        let text = serde_json::to_string_pretty(&report)?;
+        let text = match (cli.is_sweep(), reports.first()) {
+            (false, Some(only)) => serde_json::to_string_pretty(only)?,
+            _ => serde_json::to_string_pretty(&reports)?,
+        };
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if report.requests.ok == 0 && shape.requests > 0 {
-        eprintln!("weft-load: no request succeeded");
+    let failed = reports
+        .iter()
+        .any(|r| r.requests.ok == 0 && r.config.requests > 0);
+    if failed {
+        eprintln!("weft-load: no request succeeded in a run");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

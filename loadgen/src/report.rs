@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::metrics::{self, Dist, Sample, Summary};
+use crate::metrics::{self, Dist, Sample, Slo, Summary};
 use crate::runner::{Phase, RunOutcome};
 use crate::target::Api;
 
@@ -24,6 +24,37 @@ pub struct Config {
     pub max_tokens: u32,
     pub max_duration_s: f64,
     pub unique_prompts: bool,
+    /// Open-loop arrival rate in requests/s; `null` = closed loop.
+    pub request_rate: Option<f64>,
+    /// Gamma shape of the inter-arrival times (1.0 = Poisson).
+    pub burstiness: f64,
+    /// Seed of the arrival times.
+    pub seed: u64,
+    /// Goodput objectives in milliseconds; all `null` = goodput not computed.
+    pub goodput_slo_ms: SloMs,
+    /// Price of one GPU for one hour; `null` = cost not computed.
+    pub price_per_gpu_hour: Option<f64>,
+    pub gpus: u32,
+}
+
+/// Goodput objectives in milliseconds (`--goodput ttft:MS` etc.).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SloMs {
+    pub ttft: Option<f64>,
+    pub tpot: Option<f64>,
+    pub e2el: Option<f64>,
+}
+
+impl SloMs {
+    /// The objectives in seconds.
+    pub fn to_slo(self) -> Slo {
+        let s = |v: Option<f64>| v.map(|ms| ms / 1e3);
+        Slo {
+            ttft_s: s(self.ttft),
+            tpot_s: s(self.tpot),
+            e2el_s: s(self.e2el),
+        }
+    }
 }
 
 /// The whole JSON report.
@@ -40,8 +71,16 @@ pub struct Report {
     pub output_tokens_per_s: Option<f64>,
     pub requests_per_s: Option<f64>,
     pub ttft_ms: DistMs,
-    pub tpot_ms: MeanMs,
+    pub tpot_ms: DistMs,
+    /// Inter-token latency: every gap between consecutive tokens.
+    pub itl_ms: DistMs,
     pub e2e_latency_ms: DistMs,
+    /// Requests meeting every goodput SLO; `null` without SLOs.
+    pub good_requests: Option<usize>,
+    /// `good_requests / wall_time_s`; `null` without SLOs.
+    pub goodput_requests_per_s: Option<f64>,
+    /// `price * gpus * wall_hours / (output_tokens / 1e6)`; `null` without a price.
+    pub cost_per_million_output_tokens: Option<f64>,
 }
 
 /// Request outcomes of one phase.
@@ -64,13 +103,8 @@ pub struct Counts {
 pub struct DistMs {
     pub mean: Option<f64>,
     pub p50: Option<f64>,
+    pub p90: Option<f64>,
     pub p99: Option<f64>,
-}
-
-/// A mean in milliseconds; `null` without samples.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct MeanMs {
-    pub mean: Option<f64>,
 }
 
 fn ms(s: Option<f64>) -> Option<f64> {
@@ -82,6 +116,7 @@ impl From<Dist> for DistMs {
         Self {
             mean: ms(d.mean),
             p50: ms(d.p50),
+            p90: ms(d.p90),
             p99: ms(d.p99),
         }
     }
@@ -116,21 +151,21 @@ pub fn samples(phase: &Phase) -> Vec<Sample> {
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok())
         .filter_map(|t| {
-            Some(Sample {
-                ttft_s: t.ttft()?.as_secs_f64(),
-                latency_s: t.latency.as_secs_f64(),
-                output_tokens: t.output_tokens,
-            })
+            let times: Vec<f64> = t.token_times.iter().map(|d| d.as_secs_f64()).collect();
+            Sample::from_token_times(&times, t.latency.as_secs_f64(), t.output_tokens)
         })
         .collect()
 }
 
 /// Builds the report of a run.
 pub fn build(config: Config, outcome: &RunOutcome) -> Report {
-    let summary: Summary = metrics::summarize(
-        &samples(&outcome.measured),
-        outcome.measured.wall.as_secs_f64(),
-    );
+    let samples = samples(&outcome.measured);
+    let wall_s = outcome.measured.wall.as_secs_f64();
+    let summary: Summary = metrics::summarize(&samples, wall_s);
+    let goodput = metrics::goodput(&samples, &config.goodput_slo_ms.to_slo(), wall_s);
+    let cost = config.price_per_gpu_hour.and_then(|price| {
+        metrics::cost_per_million_tokens(price, config.gpus, wall_s, summary.output_tokens)
+    });
     Report {
         schema: SCHEMA,
         config,
@@ -141,10 +176,12 @@ pub fn build(config: Config, outcome: &RunOutcome) -> Report {
         output_tokens_per_s: summary.output_tokens_per_s,
         requests_per_s: summary.requests_per_s,
         ttft_ms: summary.ttft.into(),
-        tpot_ms: MeanMs {
-            mean: ms(summary.tpot_mean),
-        },
+        tpot_ms: summary.tpot.into(),
+        itl_ms: summary.itl.into(),
         e2e_latency_ms: summary.e2e_latency.into(),
+        good_requests: goodput.map(|(good, _)| good),
+        goodput_requests_per_s: goodput.and_then(|(_, per_s)| per_s),
+        cost_per_million_output_tokens: cost,
     }
 }
 
@@ -156,11 +193,15 @@ fn num(v: Option<f64>, digits: usize) -> String {
 pub fn summary_line(r: &Report) -> String {
     let c = &r.config;
     let req = &r.requests;
+    let load = match c.request_rate {
+        Some(rate) => format!("rate={rate}/s c<={}", c.concurrency),
+        None => format!("c={}", c.concurrency),
+    };
     let mut line = format!(
-        "{} c={}: {}/{} ok, {} tok in {:.2}s = {} tok/s | TTFT p50 {} ms p99 {} ms | \
-         TPOT {} ms | E2E p50 {} ms p99 {} ms",
+        "{} {}: {}/{} ok, {} tok in {:.2}s = {} tok/s | TTFT p50 {} ms p99 {} ms | \
+         TPOT {} ms | ITL p50 {} ms | E2E p50 {} ms p99 {} ms",
         c.target,
-        c.concurrency,
+        load,
         req.ok,
         c.requests,
         r.output_tokens,
@@ -169,9 +210,16 @@ pub fn summary_line(r: &Report) -> String {
         num(r.ttft_ms.p50, 1),
         num(r.ttft_ms.p99, 1),
         num(r.tpot_ms.mean, 2),
+        num(r.itl_ms.p50, 2),
         num(r.e2e_latency_ms.p50, 0),
         num(r.e2e_latency_ms.p99, 0),
     );
+    if let Some(g) = r.goodput_requests_per_s {
+        line.push_str(&format!(" | goodput {g:.2} req/s"));
+    }
+    if let Some(cost) = r.cost_per_million_output_tokens {
+        line.push_str(&format!(" | {cost:.3}/M tok"));
+    }
     if req.failed + req.cancelled + req.not_started > 0 {
         let errors: Vec<String> = req.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         line.push_str(&format!(
@@ -202,6 +250,12 @@ mod tests {
             max_tokens: 4,
             max_duration_s: 60.0,
             unique_prompts: false,
+            request_rate: None,
+            burstiness: 1.0,
+            seed: 0,
+            goodput_slo_ms: SloMs::default(),
+            price_per_gpu_hour: None,
+            gpus: 1,
         }
     }
 
@@ -254,13 +308,36 @@ mod tests {
         assert_eq!(v["config"]["api"], "openai");
         assert_eq!(v["requests"]["errors"]["http_503"], 1);
         assert_eq!(v["requests"]["error_examples"]["http_503"], "busy");
-        for key in ["ttft_ms", "e2e_latency_ms"] {
-            for stat in ["mean", "p50", "p99"] {
+        for key in ["ttft_ms", "tpot_ms", "e2e_latency_ms"] {
+            for stat in ["mean", "p50", "p90", "p99"] {
                 assert!(v[key][stat].is_number(), "{key}.{stat}");
             }
         }
-        assert!(v["tpot_ms"]["mean"].is_number());
         assert!(v["wall_time_s"].is_number());
+        // One token event per request: no inter-token gap.
+        assert!(v["itl_ms"]["mean"].is_null());
+        assert!(v["goodput_requests_per_s"].is_null());
+        assert!(v["cost_per_million_output_tokens"].is_null());
+    }
+
+    #[test]
+    fn goodput_and_cost_in_the_report() {
+        let mut c = config();
+        c.goodput_slo_ms = SloMs {
+            ttft: Some(200.0),
+            ..SloMs::default()
+        };
+        c.price_per_gpu_hour = Some(3.6);
+        c.gpus = 2;
+        let r = build(c, &outcome());
+        // TTFT 100 ms meets 200 ms, 300 ms does not; 1 good in 2 s.
+        assert_eq!(r.good_requests, Some(1));
+        assert_eq!(r.goodput_requests_per_s, Some(0.5));
+        // 3.6 * 2 * (2 s / 3600) = 0.004 for 8 tokens = 500 per million.
+        let cost = r.cost_per_million_output_tokens.unwrap_or_default();
+        assert!((cost - 500.0).abs() < 1e-6, "{cost}");
+        let line = summary_line(&r);
+        assert!(line.contains("goodput 0.50 req/s"), "{line}");
     }
 
     #[test]

@@ -2,12 +2,20 @@
 //! next request as soon as its previous one finished, until the request
 //! budget is spent or the run's deadline passes. Warm-up requests run first,
 //! at the same concurrency, and are reported apart.
+//!
+//! With an arrival process ([`LoadShape::arrivals`], `--request-rate`) the
+//! measured phase is open-loop instead: request `k` is sent at its scheduled
+//! time whether or not earlier ones finished, and the concurrency only caps
+//! the requests in flight (a request due while the cap is reached waits for
+//! a slot, as vLLM's `--max-concurrency`). The warm-up stays closed-loop.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::arrivals::Arrivals;
 use crate::target::{RequestError, Target, Timeline};
 use crate::workload::Workload;
 
@@ -23,6 +31,8 @@ pub struct LoadShape {
     /// The whole run (warm-up included) stops after this long; requests
     /// still in flight then are abandoned.
     pub max_duration: Duration,
+    /// Open-loop arrivals for the measured phase; `None` = closed loop.
+    pub arrivals: Option<Arrivals>,
 }
 
 /// What became of the requests of one phase.
@@ -70,7 +80,10 @@ pub async fn run(target: &dyn Target, shape: &LoadShape, workload: &Workload) ->
         count: shape.requests,
         ..warm
     };
-    let measured = run_phase(target, &measure, workload).await;
+    let measured = match &shape.arrivals {
+        Some(a) => run_open_phase(target, &measure, workload, a).await,
+        None => run_phase(target, &measure, workload).await,
+    };
     RunOutcome { warmup, measured }
 }
 
@@ -95,6 +108,58 @@ async fn run_phase(target: &dyn Target, plan: &PhasePlan, workload: &Workload) -
         phase.done.extend(c.done);
         phase.cancelled += c.cancelled;
         phase.not_started += c.not_started;
+    }
+    phase.done.sort_by_key(|(i, _)| *i);
+    phase.wall = start.elapsed();
+    phase
+}
+
+/// What became of one open-loop request.
+enum Fate {
+    Done(usize, Result<Timeline, RequestError>),
+    Cancelled,
+    NotStarted,
+}
+
+/// Sends request `k` at `schedule[k]` after the phase start, with at most
+/// `plan.concurrency` in flight. All requests are futures polled together
+/// on this task; each waits for its time, then for a slot.
+async fn run_open_phase(
+    target: &dyn Target,
+    plan: &PhasePlan,
+    workload: &Workload,
+    arrivals: &Arrivals,
+) -> Phase {
+    let start = Instant::now();
+    let slots = Semaphore::new(plan.concurrency.max(1));
+    let schedule = arrivals.schedule(plan.count);
+    let requests = schedule.iter().enumerate().map(|(i, offset)| {
+        let slots = &slots;
+        async move {
+            let send_at = start.checked_add(*offset).unwrap_or(plan.deadline);
+            if send_at >= plan.deadline {
+                return Fate::NotStarted;
+            }
+            tokio::time::sleep_until(send_at).await;
+            let Ok(Ok(_permit)) = tokio::time::timeout_at(plan.deadline, slots.acquire()).await
+            else {
+                return Fate::NotStarted;
+            };
+            let index = plan.first_index + i;
+            let req = workload.request(index);
+            match tokio::time::timeout_at(plan.deadline, target.generate(req)).await {
+                Ok(result) => Fate::Done(index, result),
+                Err(_elapsed) => Fate::Cancelled,
+            }
+        }
+    });
+    let mut phase = Phase::default();
+    for fate in futures::future::join_all(requests).await {
+        match fate {
+            Fate::Done(i, r) => phase.done.push((i, r)),
+            Fate::Cancelled => phase.cancelled += 1,
+            Fate::NotStarted => phase.not_started += 1,
+        }
     }
     phase.done.sort_by_key(|(i, _)| *i);
     phase.wall = start.elapsed();
@@ -128,22 +193,21 @@ async fn client(
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::target::GenRequest;
     use futures::future::BoxFuture;
     use futures::FutureExt;
-    use std::sync::atomic::AtomicUsize;
 
     /// Takes `delay` per request; tracks the most requests in flight at once.
-    struct Fake {
+    pub(super) struct Fake {
         delay: Duration,
         in_flight: AtomicUsize,
-        peak: AtomicUsize,
+        pub(super) peak: AtomicUsize,
     }
 
     impl Fake {
-        fn new(delay: Duration) -> Self {
+        pub(super) fn new(delay: Duration) -> Self {
             Self {
                 delay,
                 in_flight: AtomicUsize::new(0),
@@ -168,6 +232,12 @@ mod tests {
             .boxed()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::Fake;
+    use super::*;
 
     fn shape(concurrency: usize, requests: usize, warmup: usize, max_s: u64) -> LoadShape {
         LoadShape {
@@ -175,6 +245,7 @@ mod tests {
             requests,
             warmup,
             max_duration: Duration::from_secs(max_s),
+            arrivals: None,
         }
     }
 
@@ -201,6 +272,60 @@ mod tests {
         assert_eq!(out.measured.ok(), 4);
         assert_eq!(out.measured.cancelled, 2);
         assert_eq!(out.measured.not_started, 4);
+        assert_eq!(out.measured.wall, Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod open_loop_tests {
+    use super::tests_support::Fake;
+    use super::*;
+
+    fn open(rate: f64, concurrency: usize, requests: usize, max_s: u64) -> LoadShape {
+        LoadShape {
+            concurrency,
+            requests,
+            warmup: 0,
+            max_duration: Duration::from_secs(max_s),
+            arrivals: Some(Arrivals {
+                rate,
+                burstiness: 1.0,
+                seed: 1,
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_on_schedule_and_overlaps_requests() {
+        // 50 requests at 10/s, each 1 s long: open loop keeps ~10 in flight
+        // and the run lasts about 5 s + 1 s, whatever the request time.
+        let fake = Fake::new(Duration::from_secs(1));
+        let shape = open(10.0, 1000, 50, 60);
+        let out = run(&fake, &shape, &Workload::new(5, false)).await;
+        assert_eq!(out.measured.ok(), 50);
+        let last = shape
+            .arrivals
+            .map(|a| a.schedule(50)[49])
+            .unwrap_or_default();
+        // Timers fire on whole milliseconds.
+        let want = last + Duration::from_secs(1);
+        let wall = out.measured.wall;
+        assert!(
+            wall >= want && wall <= want + Duration::from_millis(10),
+            "{wall:?}"
+        );
+        assert!(fake.peak.load(Ordering::SeqCst) > 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_caps_in_flight_and_deadline_stops() {
+        let fake = Fake::new(Duration::from_secs(3));
+        let out = run(&fake, &open(100.0, 2, 100, 10), &Workload::new(5, false)).await;
+        assert_eq!(fake.peak.load(Ordering::SeqCst), 2);
+        // 2 slots of 3 s requests for 10 s: 6 done, 2 cut, the rest unsent.
+        assert_eq!(out.measured.ok(), 6);
+        assert_eq!(out.measured.cancelled, 2);
+        assert_eq!(out.measured.not_started, 92);
         assert_eq!(out.measured.wall, Duration::from_secs(10));
     }
 }

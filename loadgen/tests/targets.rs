@@ -8,6 +8,7 @@ use futures::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
+use weft_loadgen::arrivals::Arrivals;
 use weft_loadgen::runner::{self, LoadShape};
 use weft_loadgen::target::{self, GenRequest};
 use weft_loadgen::workload::Workload;
@@ -148,6 +149,7 @@ fn shape(concurrency: usize, requests: usize) -> LoadShape {
         requests,
         warmup: 1,
         max_duration: Duration::from_secs(30),
+        arrivals: None,
     }
 }
 
@@ -213,4 +215,56 @@ async fn refused_connections_are_reported_by_code() {
         .await
         .expect_err("refused");
     assert_eq!(err.code, "connect");
+}
+
+#[tokio::test]
+async fn runner_honours_a_request_rate_against_the_fake_server() {
+    let url = spawn_fake_weft().await;
+    let endpoint = target::parse_target(&url, false).expect("endpoint");
+    let t = target::connect(&endpoint, None).await.expect("connect");
+    let arrivals = Arrivals {
+        rate: 20.0,
+        burstiness: 1.0,
+        seed: 5,
+    };
+    let last = arrivals.schedule(30)[29];
+    let open = LoadShape {
+        concurrency: 64,
+        requests: 30,
+        warmup: 0,
+        max_duration: Duration::from_secs(8),
+        arrivals: Some(arrivals),
+    };
+    let out = runner::run(t.as_ref(), &open, &Workload::new(4, false)).await;
+    assert_eq!(out.measured.ok(), 30);
+    // The last request is not sent before its time, and the fake answers fast.
+    let wall = out.measured.wall;
+    assert!(wall >= last, "{wall:?} < {last:?}");
+    assert!(wall < last + Duration::from_secs(1), "{wall:?} vs {last:?}");
+    // Achieved rate near 20/s (30 requests, ~1.5 s).
+    let rate = 29.0 / last.as_secs_f64();
+    assert!((8.0..50.0).contains(&rate), "{rate}");
+}
+
+#[tokio::test]
+async fn open_loop_run_stops_at_its_deadline() {
+    let url = spawn_fake_weft().await;
+    let endpoint = target::parse_target(&url, false).expect("endpoint");
+    let t = target::connect(&endpoint, None).await.expect("connect");
+    let slow = LoadShape {
+        concurrency: 4,
+        requests: 1000,
+        warmup: 0,
+        max_duration: Duration::from_millis(1500),
+        arrivals: Some(Arrivals {
+            rate: 4.0,
+            burstiness: 1.0,
+            seed: 1,
+        }),
+    };
+    let out = runner::run(t.as_ref(), &slow, &Workload::new(2, false)).await;
+    let m = &out.measured;
+    assert_eq!(m.ok() + m.failed() + m.cancelled + m.not_started, 1000);
+    assert!(m.ok() >= 1 && m.not_started > 950, "{} ok", m.ok());
+    assert!(m.wall <= Duration::from_secs(3), "{:?}", m.wall);
 }
