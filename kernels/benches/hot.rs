@@ -5,33 +5,19 @@
 //! Run: `cargo bench -p weft-kernels --bench hot` (the plain harness in
 //! `kernels.rs` prints the older one-line figures).
 
+mod common;
+
 use std::hint::black_box;
 
+use common::{weight_bytes, DecodeCase};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use weft_kernels::{
     matmul, paged_attention_batch, rms_norm, rope, silu_mul, AttentionShape, DType, Matrix,
-    PagedKv, PagedSeq, RopeStyle,
+    RopeStyle,
 };
 
-/// Deterministic weights whose every value is finite (xorshift bytes,
-/// f16 block scales of 0.01 for the quantized types).
 fn weights(dtype: DType, rows: usize, cols: usize) -> Matrix {
-    let len = rows * dtype.row_bytes(cols).expect("shape");
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
-    let mut b: Vec<u8> = (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8 & 0x3F
-        })
-        .collect();
-    if dtype.is_quantized() {
-        for blk in b.chunks_exact_mut(dtype.block_bytes()) {
-            blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-        }
-    }
-    Matrix::from_bytes(dtype, rows, cols, &b).expect("matrix")
+    Matrix::from_bytes(dtype, rows, cols, &weight_bytes(dtype, rows, cols)).expect("matrix")
 }
 
 fn input(len: usize) -> Vec<f32> {
@@ -98,31 +84,13 @@ fn bench_paged_decode(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("paged_decode");
     for (seqs, kv) in [(1, 512), (32, 512)] {
-        let bs = 16;
-        let per_seq = kv / bs;
-        let pool = vec![0.02f32; seqs * per_seq * bs * s.n_kv_heads * s.head_dim];
-        let tables: Vec<Vec<u32>> = (0..seqs)
-            .map(|i| (0..per_seq).map(|b| (b * seqs + i) as u32).collect())
-            .collect();
-        let batch: Vec<PagedSeq<'_>> = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| PagedSeq {
-                block_table: t,
-                start_pos: kv - 1,
-                n_tokens: 1,
-                row_offset: i,
-            })
-            .collect();
-        let q = vec![0.01f32; seqs * s.n_heads * s.head_dim];
-        let mut out = vec![0f32; q.len()];
-        let kvp = PagedKv {
-            k: &pool,
-            v: &pool,
-            block_size: bs,
-        };
+        let case = DecodeCase::new(s, seqs, kv);
+        let batch = case.batch();
+        let mut out = vec![0f32; case.q.len()];
         g.bench_function(format!("{seqs} seqs, {kv} positions"), |b| {
-            b.iter(|| paged_attention_batch(&q, kvp, &batch, s, &mut out).expect("paged"))
+            b.iter(|| {
+                paged_attention_batch(&case.q, case.pool(), &batch, s, &mut out).expect("paged")
+            })
         });
     }
     g.finish();

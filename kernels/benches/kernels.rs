@@ -1,33 +1,15 @@
 //! Throughput of the decode-path kernels on SmolLM-135M-like shapes.
 //! Run: `cargo bench -p weft-kernels` (plain timing harness, no extra dependencies).
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Instant;
 
+use common::{weight_bytes, DecodeCase};
 use weft_kernels::{
-    attention, cpu_isa, matmul, paged_attention_batch, AttentionShape, DType, Matrix, PagedKv,
-    PagedSeq,
+    attention, cpu_isa, matmul, paged_attention_batch, AttentionShape, DType, Matrix,
 };
-
-/// Deterministic pseudo-random bytes (xorshift), with sane f16 scales for the blocks.
-fn weight_bytes(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
-    let len = rows * dtype.row_bytes(cols).expect("shape");
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
-    let mut b: Vec<u8> = (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8 & 0x3F // keeps every f16/bf16/f32 finite
-        })
-        .collect();
-    if dtype.is_quantized() {
-        for blk in b.chunks_exact_mut(dtype.block_bytes()) {
-            blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-        }
-    }
-    b
-}
 
 /// CPU time this thread has run, in seconds (Linux `schedstat`).
 fn thread_cpu_secs() -> Option<f64> {
@@ -134,33 +116,13 @@ fn main() {
     bench_paged_decode(s, 32, 512);
 }
 
-/// One decode step of `seqs` sequences with `kv` cached positions each, blocks of 16.
+/// One decode step of `seqs` sequences with `kv` cached positions each.
 fn bench_paged_decode(s: AttentionShape, seqs: usize, kv: usize) {
-    let bs = 16;
-    let per_seq = kv.div_ceil(bs);
-    let pool = vec![0.02f32; seqs * per_seq * bs * s.n_kv_heads * s.head_dim];
-    // Interleaved block placement: sequence i owns blocks i, i + seqs, i + 2*seqs, ...
-    let tables: Vec<Vec<u32>> = (0..seqs)
-        .map(|i| (0..per_seq).map(|b| (b * seqs + i) as u32).collect())
-        .collect();
-    let batch: Vec<PagedSeq<'_>> = tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| PagedSeq {
-            block_table: t,
-            start_pos: kv - 1,
-            n_tokens: 1,
-            row_offset: i,
-        })
-        .collect();
-    let q = vec![0.01f32; seqs * s.n_heads * s.head_dim];
-    let mut out = vec![0f32; q.len()];
-    let kvp = PagedKv {
-        k: &pool,
-        v: &pool,
-        block_size: bs,
-    };
-    let t = time(|| paged_attention_batch(&q, kvp, &batch, s, &mut out).expect("paged"));
+    let case = DecodeCase::new(s, seqs, kv);
+    let batch = case.batch();
+    let mut out = vec![0f32; case.q.len()];
+    let t =
+        time(|| paged_attention_batch(&case.q, case.pool(), &batch, s, &mut out).expect("paged"));
     println!(
         "paged attention decode {seqs} seqs kv={kv}: {:.1} us",
         t * 1e6
