@@ -314,6 +314,14 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Ids of the added tokens (special and user-defined: `<|im_start|>`
+    /// and the like), which ordinary text never tokenizes into. Sorted.
+    pub fn added_token_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.inner.get_added_tokens_decoder().into_keys().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn token_to_id(&self, s: &str) -> Option<u32> {
         self.inner.token_to_id(s)
     }

@@ -258,3 +258,11 @@ fn smollm2_incremental_emoji_and_cjk() {
         }
     }
 }
+
+#[test]
+fn added_token_ids_are_the_control_tokens() {
+    let tok = small();
+    // The two control tokens of `synthetic`, nothing from the byte vocabulary.
+    assert_eq!(tok.added_token_ids(), [0, 1]);
+    assert!(enc(&tok, "hello there").iter().all(|id| *id > 1));
+}
