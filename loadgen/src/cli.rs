@@ -6,9 +6,12 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::arrivals::Arrivals;
-use crate::report::{Config, SloMs};
+use crate::fault::FaultPlan;
+use crate::report::{Config, DatasetConfig, FaultConfig, Sections, SloMs};
 use crate::runner::LoadShape;
 use crate::target::Api;
+use crate::workload::random::{self, RandomSpec};
+use crate::workload::{conversations, jsonl, Workload, WorkloadError};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -85,6 +88,88 @@ pub struct Cli {
     /// GPUs the server uses (for the cost).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub gpus: u32,
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+    /// Correctness mode: compare every output with the expected greedy
+    /// output in the dataset (a JSONL file with expected_ids or
+    /// expected_text, e.g. written by --record-expected) and report every
+    /// mismatch, lost or duplicated token; exits non-zero on any.
+    #[arg(long, conflicts_with = "unique_prompts")]
+    pub check: bool,
+    /// Write each prompt of the dataset with the output it got as a JSONL
+    /// file of expectations for --check (run it at --concurrency 1 on a
+    /// server you trust; every prompt needs one successful request).
+    #[arg(long, conflicts_with = "unique_prompts")]
+    pub record_expected: Option<PathBuf>,
+    /// Fault injection: run --fault-cmd this many seconds into the measured
+    /// phase, and report how every request ended.
+    #[arg(long, requires = "fault_cmd", value_parser = non_negative_seconds)]
+    pub fault_at_s: Option<f64>,
+    /// The fault command, run with `sh -c` (e.g. "kill -9 $(cat worker.pid)").
+    #[arg(long, requires = "fault_at_s")]
+    pub fault_cmd: Option<String>,
+    /// The fault command is killed after this many seconds.
+    #[arg(long, default_value_t = 60.0, value_parser = positive_seconds)]
+    pub fault_timeout_s: f64,
+    /// Include every measured request (times, ending, tokens) in the JSON
+    /// report (always done with a fault).
+    #[arg(long)]
+    pub request_log: bool,
+    /// Write PNG charts (latency CDF, throughput and TTFT against load) into
+    /// this folder.
+    #[arg(long)]
+    pub charts: Option<PathBuf>,
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Which prompts to send.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatasetArgs {
+    /// builtin: a dozen English prompts; random: token-id prompts of random
+    /// length for --tokenizer; conversations: the shipped multi-turn chat
+    /// set (or --dataset-path in its format); jsonl: --dataset-path, one
+    /// {"prompt"|"prompt_ids"|"messages", "max_tokens"?, "expected_ids"?,
+    /// "expected_text"?} per line.
+    #[arg(long, value_enum, default_value_t = DatasetKind::Builtin)]
+    pub dataset: DatasetKind,
+    /// The dataset file (jsonl; optional for conversations).
+    #[arg(long)]
+    pub dataset_path: Option<PathBuf>,
+    /// The target model's tokenizer, for --dataset random: its GGUF file, a
+    /// tokenizer.json or a folder holding one.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// --dataset random: mean prompt length in tokens (the output length's
+    /// mean is --max-tokens).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub random_input_len: u32,
+    /// --dataset random: lengths are drawn uniformly from
+    /// [len * (1 - r), len * (1 + r)].
+    #[arg(long, default_value_t = 0.0, value_parser = range_ratio)]
+    pub random_range_ratio: f64,
+}
+
+/// The datasets.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetKind {
+    Builtin,
+    Random,
+    Conversations,
+    Jsonl,
+}
+
+impl DatasetKind {
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Builtin => "builtin",
+            DatasetKind::Random => "random",
+            DatasetKind::Conversations => "conversations",
+            DatasetKind::Jsonl => "jsonl",
+        }
+    }
 }
 
 /// A metric a goodput objective constrains.
@@ -163,8 +248,78 @@ impl Cli {
         slo
     }
 
+    /// Builds the dataset the flags name.
+    pub fn workload(&self) -> Result<Workload, WorkloadError> {
+        let d = &self.dataset;
+        let items = match (d.dataset, &d.dataset_path) {
+            (DatasetKind::Builtin, _) => {
+                return Ok(Workload::builtin(self.max_tokens, self.unique_prompts))
+            }
+            (DatasetKind::Jsonl, Some(path)) => jsonl::load(path)?,
+            (DatasetKind::Jsonl, None) => {
+                return Err(WorkloadError::Invalid(
+                    "--dataset jsonl needs --dataset-path".into(),
+                ))
+            }
+            (DatasetKind::Conversations, Some(path)) => conversations::load(path)?,
+            (DatasetKind::Conversations, None) => conversations::shipped()?,
+            (DatasetKind::Random, _) => {
+                let path = d.tokenizer.as_ref().ok_or_else(|| {
+                    WorkloadError::Invalid(
+                        "--dataset random needs --tokenizer (the model's GGUF or tokenizer.json)"
+                            .into(),
+                    )
+                })?;
+                let tokenizer = random::load_tokenizer(path)?;
+                let spec = RandomSpec {
+                    input_len: d.random_input_len,
+                    output_len: self.max_tokens,
+                    range_ratio: d.random_range_ratio,
+                    seed: self.seed,
+                    count: (self.warmup + self.requests).max(1),
+                };
+                random::items(&tokenizer, &spec)?
+            }
+        };
+        Workload::new(items, self.max_tokens, self.unique_prompts)
+    }
+
+    /// The fault to inject, if any.
+    pub fn fault(&self) -> Option<FaultPlan> {
+        Some(FaultPlan {
+            at: Duration::from_secs_f64(self.fault_at_s?),
+            command: self.fault_cmd.clone()?,
+            timeout: Duration::from_secs_f64(self.fault_timeout_s),
+        })
+    }
+
+    /// The optional report sections.
+    pub fn sections(&self) -> Sections {
+        Sections {
+            check: self.check,
+            request_log: self.request_log,
+        }
+    }
+
+    fn dataset_config(&self, workload: &Workload) -> DatasetConfig {
+        let d = &self.dataset;
+        let random = d.dataset == DatasetKind::Random;
+        DatasetConfig {
+            kind: d.dataset.name(),
+            path: match d.dataset {
+                DatasetKind::Jsonl | DatasetKind::Conversations => {
+                    d.dataset_path.as_ref().map(|p| p.display().to_string())
+                }
+                _ => None,
+            },
+            prompts: workload.len(),
+            random_input_len: random.then_some(d.random_input_len),
+            random_range_ratio: random.then_some(d.random_range_ratio),
+        }
+    }
+
     /// The settings echoed in the report of the run of `shape`.
-    pub fn config(&self, api: Api, shape: &LoadShape) -> Config {
+    pub fn config(&self, api: Api, shape: &LoadShape, workload: &Workload) -> Config {
         Config {
             target: self.target.clone(),
             api,
@@ -181,6 +336,12 @@ impl Cli {
             goodput_slo_ms: self.slo_ms(),
             price_per_gpu_hour: self.price_per_hour,
             gpus: self.gpus,
+            dataset: self.dataset_config(workload),
+            check: self.check,
+            fault: self.fault().map(|f| FaultConfig {
+                at_s: f.at.as_secs_f64(),
+                command: f.command,
+            }),
         }
     }
 }
@@ -205,6 +366,24 @@ fn parse_slo(s: &str) -> Result<(SloMetric, f64), String> {
         other => return Err(format!("unknown metric {other:?}: use ttft, tpot or e2el")),
     };
     Ok((metric, positive_number(ms)?))
+}
+
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (0.0..1e9).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be a number of seconds, 0 or more".into())
+    }
+}
+
+fn range_ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be in [0, 1)".into())
+    }
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {
@@ -268,7 +447,7 @@ mod tests {
             (slo.ttft, slo.tpot, slo.e2el),
             (Some(100.0), None, Some(5000.0))
         );
-        let config = cli.config(Api::Openai, &cli.shape());
+        let config = cli.config(Api::Openai, &cli.shape(), &Workload::builtin(1, false));
         assert_eq!(config.request_rate, Some(4.0));
         assert_eq!((config.price_per_gpu_hour, config.gpus), (Some(2.5), 8));
     }
@@ -319,5 +498,59 @@ mod tests {
             argv.extend(args);
             assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod dataset_tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["weft-load", "--target", "grpc://127.0.0.1:1"];
+        argv.extend(extra);
+        Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn datasets_need_their_inputs() {
+        let cli = parse(&[]).expect("parse");
+        assert_eq!(cli.workload().expect("builtin").len(), 12);
+        let conv = parse(&["--dataset", "conversations"]).expect("parse");
+        let w = conv.workload().expect("shipped conversations");
+        assert!(w.len() >= 64);
+        assert_eq!(
+            conv.config(Api::Grpc, &conv.shape(), &w).dataset.kind,
+            "conversations"
+        );
+        let err = parse(&["--dataset", "jsonl"]).expect("parse").workload();
+        assert!(err.is_err_and(|e| e.to_string().contains("--dataset-path")));
+        let err = parse(&["--dataset", "random"]).expect("parse").workload();
+        assert!(err.is_err_and(|e| e.to_string().contains("--tokenizer")));
+        let missing = parse(&["--dataset", "jsonl", "--dataset-path", "/nonexistent.jsonl"]);
+        let err = missing.expect("parse").workload().expect_err("no file");
+        assert!(err.to_string().contains("/nonexistent.jsonl"), "{err}");
+        assert!(parse(&["--dataset", "sharegpt"]).is_err());
+        assert!(parse(&["--random-range-ratio", "1"]).is_err());
+    }
+
+    #[test]
+    fn check_fault_and_sections_flags() {
+        assert!(parse(&["--check", "--unique-prompts"]).is_err());
+        assert!(parse(&["--record-expected", "x.jsonl", "--unique-prompts"]).is_err());
+        // A fault needs both its time and its command.
+        assert!(parse(&["--fault-at-s", "1"]).is_err());
+        assert!(parse(&["--fault-cmd", "true"]).is_err());
+        assert!(parse(&["--fault-at-s", "-1", "--fault-cmd", "true"]).is_err());
+        let cli =
+            parse(&["--fault-at-s", "2.5", "--fault-cmd", "kill 1", "--check"]).expect("parse");
+        let fault = cli.fault().expect("fault");
+        assert_eq!(fault.at, Duration::from_millis(2500));
+        assert_eq!(fault.command, "kill 1");
+        assert_eq!(fault.timeout, Duration::from_secs(60));
+        assert!(cli.sections().check && !cli.sections().request_log);
+        let config = cli.config(Api::Grpc, &cli.shape(), &Workload::builtin(1, false));
+        assert!(config.check);
+        assert_eq!(config.fault.map(|f| f.at_s), Some(2.5));
+        assert!(parse(&[]).expect("parse").fault().is_none());
     }
 }

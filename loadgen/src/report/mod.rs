@@ -4,12 +4,15 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::check::{self, Correctness};
+use crate::fault::{self, EndingsByRelation, FaultRun};
 use crate::metrics::{self, Dist, Sample, Slo, Summary};
-use crate::runner::{Phase, RunOutcome};
+use crate::runner::{Outcome, Phase, RunOutcome};
 use crate::target::Api;
+use crate::workload::Workload;
 
 /// Version tag of the JSON layout; bump it on incompatible changes.
-pub const SCHEMA: &str = "weft-load/v1";
+pub const SCHEMA: &str = "weft-load/v2";
 
 /// The run's settings, echoed in the report.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +38,33 @@ pub struct Config {
     /// Price of one GPU for one hour; `null` = cost not computed.
     pub price_per_gpu_hour: Option<f64>,
     pub gpus: u32,
+    /// Where the prompts came from.
+    pub dataset: DatasetConfig,
+    /// Correctness mode (`--check`).
+    pub check: bool,
+    /// The fault injected (`--fault-at-s`, `--fault-cmd`); `null` = none.
+    pub fault: Option<FaultConfig>,
+}
+
+/// The dataset settings, echoed in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetConfig {
+    /// `builtin`, `random`, `conversations` or `jsonl`.
+    pub kind: &'static str,
+    /// The file read (`jsonl`, or a conversation file); `null` otherwise.
+    pub path: Option<String>,
+    /// Distinct prompts in the dataset.
+    pub prompts: usize,
+    /// `random`: mean prompt length and the range ratio; `null` otherwise.
+    pub random_input_len: Option<u32>,
+    pub random_range_ratio: Option<f64>,
+}
+
+/// The fault settings, echoed in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultConfig {
+    pub at_s: f64,
+    pub command: String,
 }
 
 /// Goodput objectives in milliseconds (`--goodput ttft:MS` etc.).
@@ -66,6 +96,13 @@ pub struct Report {
     /// The measured requests; every metric below is over these.
     pub requests: Counts,
     pub output_tokens: u64,
+    /// Output tokens the successful measured requests asked for (every
+    /// target ignores EOS, so this equals `output_tokens` on a server that
+    /// generates exactly what is asked).
+    pub output_tokens_requested: u64,
+    /// Prompt tokens of the successful measured requests, from the
+    /// servers' usage; `null` when no usage reported them.
+    pub input_tokens: Option<u64>,
     /// Wall time of the measured phase.
     pub wall_time_s: f64,
     pub output_tokens_per_s: Option<f64>,
@@ -81,6 +118,38 @@ pub struct Report {
     pub goodput_requests_per_s: Option<f64>,
     /// `price * gpus * wall_hours / (output_tokens / 1e6)`; `null` without a price.
     pub cost_per_million_output_tokens: Option<f64>,
+    /// `--check`: outputs compared with the expected ones; `null` otherwise.
+    pub correctness: Option<Correctness>,
+    /// The injected fault and how the requests ended around it.
+    pub fault: Option<FaultReport>,
+    /// Every measured request (with `--request-log` or a fault); `null`
+    /// otherwise.
+    pub request_log: Option<Vec<LogEntry>>,
+}
+
+/// The fault section of a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    #[serde(flatten)]
+    pub run: FaultRun,
+    /// Endings (`ok`, an error code, `cancelled`, `not_started`) counted for
+    /// requests that `finished_before` the fault, were `in_flight` when it
+    /// started, were `sent_after` it, or were `not_sent`.
+    pub endings: EndingsByRelation,
+}
+
+/// One measured request, for the request log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntry {
+    pub index: usize,
+    /// Sent and ended, seconds into the measured phase; `null` if never sent.
+    pub sent_s: Option<f64>,
+    pub ended_s: Option<f64>,
+    /// `ok`, an error code, `cancelled` or `not_started`.
+    pub ending: String,
+    /// Output tokens of a successful request, else 0.
+    pub output_tokens: u64,
+    pub ttft_ms: Option<f64>,
 }
 
 /// Request outcomes of one phase.
@@ -125,20 +194,18 @@ impl From<Dist> for DistMs {
 /// Counts the outcomes of a phase.
 pub fn counts(phase: &Phase) -> Counts {
     let mut c = Counts {
-        cancelled: phase.cancelled,
-        not_started: phase.not_started,
+        ok: phase.ok(),
+        cancelled: phase.cancelled(),
+        not_started: phase.not_started(),
         ..Counts::default()
     };
-    for (_, r) in &phase.done {
-        match r {
-            Ok(_) => c.ok += 1,
-            Err(e) => {
-                c.failed += 1;
-                *c.errors.entry(e.code.clone()).or_default() += 1;
-                c.error_examples
-                    .entry(e.code.clone())
-                    .or_insert_with(|| e.message.clone());
-            }
+    for r in &phase.records {
+        if let Outcome::Done(Err(e)) = &r.outcome {
+            c.failed += 1;
+            *c.errors.entry(e.code.clone()).or_default() += 1;
+            c.error_examples
+                .entry(e.code.clone())
+                .or_insert_with(|| e.message.clone());
         }
     }
     c
@@ -147,18 +214,50 @@ pub fn counts(phase: &Phase) -> Counts {
 /// The metric samples of a phase's successful requests.
 pub fn samples(phase: &Phase) -> Vec<Sample> {
     phase
-        .done
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .filter_map(|t| {
+        .timelines()
+        .filter_map(|(_, t)| {
             let times: Vec<f64> = t.token_times.iter().map(|d| d.as_secs_f64()).collect();
             Sample::from_token_times(&times, t.latency.as_secs_f64(), t.output_tokens)
         })
         .collect()
 }
 
+/// Every request of a phase, for the request log.
+pub fn request_log(phase: &Phase) -> Vec<LogEntry> {
+    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+    phase
+        .records
+        .iter()
+        .map(|r| LogEntry {
+            index: r.index,
+            sent_s: secs(r.sent),
+            ended_s: secs(r.ended),
+            ending: fault::ending(&r.outcome),
+            output_tokens: r.timeline().map_or(0, |t| t.output_tokens),
+            ttft_ms: r
+                .timeline()
+                .and_then(|t| t.ttft())
+                .map(|d| d.as_secs_f64() * 1e3),
+        })
+        .collect()
+}
+
+/// What a report includes besides the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sections {
+    /// Compare outputs with the workload's expectations.
+    pub check: bool,
+    /// Log every request (always done with a fault).
+    pub request_log: bool,
+}
+
 /// Builds the report of a run.
-pub fn build(config: Config, outcome: &RunOutcome) -> Report {
+pub fn build(
+    config: Config,
+    outcome: &RunOutcome,
+    workload: &Workload,
+    sections: Sections,
+) -> Report {
     let samples = samples(&outcome.measured);
     let wall_s = outcome.measured.wall.as_secs_f64();
     let summary: Summary = metrics::summarize(&samples, wall_s);
@@ -172,6 +271,16 @@ pub fn build(config: Config, outcome: &RunOutcome) -> Report {
         warmup: counts(&outcome.warmup),
         requests: counts(&outcome.measured),
         output_tokens: summary.output_tokens,
+        output_tokens_requested: outcome
+            .measured
+            .timelines()
+            .map(|(i, _)| u64::from(workload.max_tokens(i)))
+            .sum(),
+        input_tokens: outcome
+            .measured
+            .timelines()
+            .filter_map(|(_, t)| t.prompt_tokens)
+            .reduce(|a, b| a + b),
         wall_time_s: summary.wall_s,
         output_tokens_per_s: summary.output_tokens_per_s,
         requests_per_s: summary.requests_per_s,
@@ -182,6 +291,15 @@ pub fn build(config: Config, outcome: &RunOutcome) -> Report {
         good_requests: goodput.map(|(good, _)| good),
         goodput_requests_per_s: goodput.and_then(|(_, per_s)| per_s),
         cost_per_million_output_tokens: cost,
+        correctness: sections
+            .check
+            .then(|| check::check_phase(&outcome.measured, workload)),
+        fault: outcome.fault.as_ref().map(|run| FaultReport {
+            run: run.clone(),
+            endings: fault::endings(&outcome.measured, run),
+        }),
+        request_log: (sections.request_log || outcome.fault.is_some())
+            .then(|| request_log(&outcome.measured)),
     }
 }
 
@@ -220,6 +338,12 @@ pub fn summary_line(r: &Report) -> String {
     if let Some(cost) = r.cost_per_million_output_tokens {
         line.push_str(&format!(" | {cost:.3}/M tok"));
     }
+    if let Some(c) = &r.correctness {
+        line.push_str(&format!(
+            " | check: {}/{} match, {} mismatched, {} lost, {} duplicated",
+            c.matched, c.checked, c.mismatched, c.lost, c.duplicated
+        ));
+    }
     if req.failed + req.cancelled + req.not_started > 0 {
         let errors: Vec<String> = req.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         line.push_str(&format!(
@@ -234,117 +358,4 @@ pub fn summary_line(r: &Report) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::target::{RequestError, Timeline};
-    use std::time::Duration;
-
-    fn config() -> Config {
-        Config {
-            target: "http://127.0.0.1:8080".into(),
-            api: Api::Openai,
-            model: Some("m".into()),
-            concurrency: 2,
-            requests: 3,
-            warmup: 1,
-            max_tokens: 4,
-            max_duration_s: 60.0,
-            unique_prompts: false,
-            request_rate: None,
-            burstiness: 1.0,
-            seed: 0,
-            goodput_slo_ms: SloMs::default(),
-            price_per_gpu_hour: None,
-            gpus: 1,
-        }
-    }
-
-    fn ok(ttft_ms: u64, latency_ms: u64, tokens: u64) -> Result<Timeline, RequestError> {
-        Ok(Timeline {
-            token_times: vec![Duration::from_millis(ttft_ms)],
-            latency: Duration::from_millis(latency_ms),
-            output_tokens: tokens,
-        })
-    }
-
-    fn outcome() -> RunOutcome {
-        let measured = Phase {
-            done: vec![
-                (1, ok(100, 400, 4)),
-                (2, Err(RequestError::new("http_503", "busy"))),
-                (3, ok(300, 900, 4)),
-            ],
-            cancelled: 0,
-            not_started: 0,
-            wall: Duration::from_secs(2),
-        };
-        let warmup = Phase {
-            done: vec![(0, ok(50, 60, 1))],
-            ..Phase::default()
-        };
-        RunOutcome { warmup, measured }
-    }
-
-    #[test]
-    fn report_counts_and_metrics() {
-        let r = build(config(), &outcome());
-        assert_eq!(r.warmup.ok, 1);
-        assert_eq!((r.requests.ok, r.requests.failed), (2, 1));
-        assert_eq!(r.requests.errors.get("http_503"), Some(&1));
-        assert_eq!(r.output_tokens, 8);
-        assert_eq!(r.output_tokens_per_s, Some(4.0));
-        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-6);
-        assert!(close(r.ttft_ms.mean, 200.0));
-        assert!(close(r.ttft_ms.p50, 200.0));
-        // TPOT: (400-100)/3 = 100 ms and (900-300)/3 = 200 ms.
-        assert!(close(r.tpot_ms.mean, 150.0));
-        assert!(close(r.e2e_latency_ms.p50, 650.0));
-    }
-
-    #[test]
-    fn json_layout() {
-        let v = serde_json::to_value(build(config(), &outcome())).expect("json");
-        assert_eq!(v["schema"], SCHEMA);
-        assert_eq!(v["config"]["api"], "openai");
-        assert_eq!(v["requests"]["errors"]["http_503"], 1);
-        assert_eq!(v["requests"]["error_examples"]["http_503"], "busy");
-        for key in ["ttft_ms", "tpot_ms", "e2e_latency_ms"] {
-            for stat in ["mean", "p50", "p90", "p99"] {
-                assert!(v[key][stat].is_number(), "{key}.{stat}");
-            }
-        }
-        assert!(v["wall_time_s"].is_number());
-        // One token event per request: no inter-token gap.
-        assert!(v["itl_ms"]["mean"].is_null());
-        assert!(v["goodput_requests_per_s"].is_null());
-        assert!(v["cost_per_million_output_tokens"].is_null());
-    }
-
-    #[test]
-    fn goodput_and_cost_in_the_report() {
-        let mut c = config();
-        c.goodput_slo_ms = SloMs {
-            ttft: Some(200.0),
-            ..SloMs::default()
-        };
-        c.price_per_gpu_hour = Some(3.6);
-        c.gpus = 2;
-        let r = build(c, &outcome());
-        // TTFT 100 ms meets 200 ms, 300 ms does not; 1 good in 2 s.
-        assert_eq!(r.good_requests, Some(1));
-        assert_eq!(r.goodput_requests_per_s, Some(0.5));
-        // 3.6 * 2 * (2 s / 3600) = 0.004 for 8 tokens = 500 per million.
-        let cost = r.cost_per_million_output_tokens.unwrap_or_default();
-        assert!((cost - 500.0).abs() < 1e-6, "{cost}");
-        let line = summary_line(&r);
-        assert!(line.contains("goodput 0.50 req/s"), "{line}");
-    }
-
-    #[test]
-    fn summary_line_mentions_failures() {
-        let line = summary_line(&build(config(), &outcome()));
-        assert!(line.contains("2/3 ok"), "{line}");
-        assert!(line.contains("4.0 tok/s"), "{line}");
-        assert!(line.contains("http_503=1"), "{line}");
-    }
-}
+mod tests;

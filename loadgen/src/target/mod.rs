@@ -11,12 +11,50 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use reqwest::Url;
 
+/// Who said a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The role's name in the OpenAI and weft APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+/// What a request asks the model to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Text, tokenized by the server (completions).
+    Text(String),
+    /// Token ids of the target model (completions; exact input length).
+    Ids(Vec<u32>),
+    /// A conversation, rendered by the server's chat template.
+    Chat(Vec<Message>),
+}
+
 /// One generation request, protocol independent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenRequest {
-    /// Text prompt (tokenized by the server).
-    pub prompt: String,
-    /// Output tokens to generate; every target asks to ignore EOS.
+    pub prompt: Prompt,
+    /// Output tokens to generate; every target asks to ignore EOS and
+    /// decodes greedily.
     pub max_tokens: u32,
 }
 
@@ -31,6 +69,13 @@ pub struct Timeline {
     /// Output tokens: the server's usage count when it reports one, else the
     /// number of token events.
     pub output_tokens: u64,
+    /// Prompt tokens as the server's usage reports them.
+    pub prompt_tokens: Option<u64>,
+    /// The output text, concatenated from the stream.
+    pub text: String,
+    /// The output token ids, one per event, when the protocol carries them
+    /// (weft's gRPC API).
+    pub token_ids: Option<Vec<u32>>,
 }
 
 impl Timeline {
@@ -46,6 +91,9 @@ pub struct Recorder {
     start: Instant,
     token_times: Vec<Duration>,
     reported_tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    text: String,
+    ids: Option<Vec<u32>>,
 }
 
 impl Recorder {
@@ -55,17 +103,34 @@ impl Recorder {
             start: Instant::now(),
             token_times: Vec::new(),
             reported_tokens: None,
+            prompt_tokens: None,
+            text: String::new(),
+            ids: None,
         }
     }
 
-    /// A token event arrived now.
-    pub fn token(&mut self) {
+    /// A token event with `text` arrived now.
+    pub fn token(&mut self, text: &str) {
         self.token_times.push(self.start.elapsed());
+        self.text.push_str(text);
     }
 
-    /// The server reported how many tokens it generated.
-    pub fn reported(&mut self, completion_tokens: u64) {
+    /// A token event carrying its id arrived now.
+    pub fn token_id(&mut self, id: u32, text: &str) {
+        self.token(text);
+        self.ids.get_or_insert_with(Vec::new).push(id);
+    }
+
+    /// Output text that came with no token event (text a server held back
+    /// until the end).
+    pub fn trailing_text(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    /// The server reported how many tokens it read and generated.
+    pub fn usage(&mut self, prompt_tokens: Option<u64>, completion_tokens: u64) {
         self.reported_tokens = Some(completion_tokens);
+        self.prompt_tokens = prompt_tokens.or(self.prompt_tokens);
     }
 
     /// The stream ended now. A response without any token is an error.
@@ -79,6 +144,9 @@ impl Recorder {
             output_tokens: self.reported_tokens.unwrap_or(counted),
             token_times: self.token_times,
             latency,
+            prompt_tokens: self.prompt_tokens,
+            text: self.text,
+            token_ids: self.ids,
         })
     }
 }
@@ -268,16 +336,24 @@ mod tests {
     #[test]
     fn recorder_prefers_reported_usage() {
         let mut r = Recorder::start();
-        r.token();
-        r.token();
+        r.token("a");
+        r.token("b");
         let t = r.finish().expect("two tokens");
         assert_eq!(t.output_tokens, 2);
+        assert_eq!(
+            (t.text.as_str(), &t.token_ids, t.prompt_tokens),
+            ("ab", &None, None)
+        );
         assert!(t.ttft().is_some_and(|ttft| ttft <= t.latency));
 
         let mut r = Recorder::start();
-        r.token();
-        r.reported(3);
-        assert_eq!(r.finish().expect("one chunk").output_tokens, 3);
+        r.token_id(7, "x");
+        r.trailing_text("!");
+        r.usage(Some(11), 3);
+        let t = r.finish().expect("one chunk");
+        assert_eq!(t.output_tokens, 3);
+        assert_eq!(t.prompt_tokens, Some(11));
+        assert_eq!((t.text.as_str(), &t.token_ids), ("x!", &Some(vec![7])));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! An OpenAI-compatible server's `POST /v1/completions`, streamed as SSE
+//! An OpenAI-compatible server's `POST /v1/completions` (text or token-id
+//! prompts) and `POST /v1/chat/completions` (conversations), streamed as SSE
 //! (vLLM, llama.cpp's llama-server, ...).
 
 use futures::future::BoxFuture;
@@ -6,13 +7,13 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 
 use super::sse::{SseEvent, SseParser};
-use super::{GenRequest, Recorder, RequestError, Target, Timeline};
+use super::{GenRequest, Prompt, Recorder, RequestError, Target, Timeline};
 
 /// An OpenAI-compatible completions server.
 #[derive(Debug, Clone)]
 pub struct OpenAiTarget {
     client: reqwest::Client,
-    url: String,
+    base_url: String,
     model: String,
 }
 
@@ -34,25 +35,39 @@ impl OpenAiTarget {
         };
         Ok(Self {
             client,
-            url: format!("{base_url}/v1/completions"),
+            base_url: base_url.to_string(),
             model,
         })
     }
 
     async fn run(&self, req: GenRequest) -> Result<Timeline, RequestError> {
-        let body = json!({
+        let mut body = json!({
             "model": self.model,
-            "prompt": req.prompt,
             "max_tokens": req.max_tokens,
             "temperature": 0,
             "stream": true,
             "stream_options": {"include_usage": true},
             "ignore_eos": true,
         });
+        let route = match req.prompt {
+            Prompt::Text(text) => {
+                body["prompt"] = json!(text);
+                "completions"
+            }
+            Prompt::Ids(ids) => {
+                body["prompt"] = json!(ids);
+                "completions"
+            }
+            Prompt::Chat(messages) => {
+                body["messages"] = json!(messages);
+                "chat/completions"
+            }
+        };
+        let url = format!("{}/v1/{route}", self.base_url);
         let mut rec = Recorder::start();
         let resp = self
             .client
-            .post(&self.url)
+            .post(&url)
             .json(&body)
             .send()
             .await
@@ -102,14 +117,15 @@ fn on_event(event: SseEvent, rec: &mut Recorder) -> Result<bool, RequestError> {
     match parse_chunk(&data)? {
         Chunk::Done => return Ok(true),
         Chunk::Completion {
-            has_text,
+            text,
+            prompt_tokens,
             completion_tokens,
         } => {
-            if has_text {
-                rec.token();
+            if !text.is_empty() {
+                rec.token(&text);
             }
             if let Some(n) = completion_tokens {
-                rec.reported(n);
+                rec.usage(prompt_tokens, n);
             }
         }
     }
@@ -117,14 +133,18 @@ fn on_event(event: SseEvent, rec: &mut Recorder) -> Result<bool, RequestError> {
 }
 
 /// What one `data:` payload of a completions stream says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunk {
     /// `[DONE]`: the stream is over.
     Done,
-    /// A completion chunk.
+    /// A completion (or chat completion) chunk.
     Completion {
-        /// Some choice carried non-empty text (counts as a token).
-        has_text: bool,
+        /// The text of its choices (completions: `text`; chat:
+        /// `delta.reasoning_content` then `delta.content`); non-empty text
+        /// counts as a token event.
+        text: String,
+        /// `usage.prompt_tokens`, in the final chunk when usage is on.
+        prompt_tokens: Option<u64>,
         /// `usage.completion_tokens`, in the final chunk when usage is on.
         completion_tokens: Option<u64>,
     },
@@ -144,23 +164,28 @@ pub fn parse_chunk(data: &str) -> Result<Chunk, RequestError> {
             truncate(&err.to_string(), 300),
         ));
     }
-    let has_text = v
+    let mut text = String::new();
+    for choice in v
         .get("choices")
         .and_then(Value::as_array)
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c.get("text")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| !t.is_empty())
-            })
-        });
-    let completion_tokens = v
-        .get("usage")
-        .and_then(|u| u.get("completion_tokens"))
-        .and_then(Value::as_u64);
+        .into_iter()
+        .flatten()
+    {
+        for pointer in ["/text", "/delta/reasoning_content", "/delta/content"] {
+            if let Some(t) = choice.pointer(pointer).and_then(Value::as_str) {
+                text.push_str(t);
+            }
+        }
+    }
+    let usage = |key: &str| {
+        v.get("usage")
+            .and_then(|u| u.get(key))
+            .and_then(Value::as_u64)
+    };
     Ok(Chunk::Completion {
-        has_text,
-        completion_tokens,
+        text,
+        prompt_tokens: usage("prompt_tokens"),
+        completion_tokens: usage("completion_tokens"),
     })
 }
 
@@ -222,6 +247,14 @@ fn truncate(s: &str, max_chars: usize) -> String {
 mod tests {
     use super::*;
 
+    fn completion(text: &str, prompt: Option<u64>, completion: Option<u64>) -> Chunk {
+        Chunk::Completion {
+            text: text.into(),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        }
+    }
+
     #[test]
     fn done_marker() {
         assert_eq!(parse_chunk("[DONE]"), Ok(Chunk::Done));
@@ -231,21 +264,19 @@ mod tests {
     #[test]
     fn text_chunks_count_only_with_text() {
         let c = parse_chunk(r#"{"choices":[{"index":0,"text":" the","finish_reason":null}]}"#);
-        assert_eq!(
-            c,
-            Ok(Chunk::Completion {
-                has_text: true,
-                completion_tokens: None
-            })
-        );
+        assert_eq!(c, Ok(completion(" the", None, None)));
         let empty = parse_chunk(r#"{"choices":[{"index":0,"text":""}]}"#);
-        assert_eq!(
-            empty,
-            Ok(Chunk::Completion {
-                has_text: false,
-                completion_tokens: None
-            })
+        assert_eq!(empty, Ok(completion("", None, None)));
+    }
+
+    #[test]
+    fn chat_chunks_carry_delta_content() {
+        let role = parse_chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#);
+        assert_eq!(role, Ok(completion("", None, None)));
+        let c = parse_chunk(
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm","content":"Hi"}}]}"#,
         );
+        assert_eq!(c, Ok(completion("hmHi", None, None)));
     }
 
     #[test]
@@ -253,13 +284,7 @@ mod tests {
         let c = parse_chunk(
             r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":64,"total_tokens":76}}"#,
         );
-        assert_eq!(
-            c,
-            Ok(Chunk::Completion {
-                has_text: false,
-                completion_tokens: Some(64)
-            })
-        );
+        assert_eq!(c, Ok(completion("", Some(12), Some(64))));
     }
 
     #[test]
@@ -290,6 +315,7 @@ mod tests {
         let t = rec.finish().expect("timeline");
         assert_eq!(t.token_times.len(), 2);
         assert_eq!(t.output_tokens, 3);
+        assert_eq!(t.text, "ab");
         let err = on_event(SseEvent::Error("{}".into()), &mut Recorder::start());
         assert_eq!(err.expect_err("error").code, "stream_error");
     }

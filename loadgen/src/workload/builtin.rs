@@ -1,7 +1,8 @@
-//! What to send: a built-in set of English prompts (roughly 20 to 80 tokens
-//! each), cycled by request index.
+//! The built-in dataset: a dozen English prompts (roughly 20 to 80 tokens
+//! each).
 
-use crate::target::GenRequest;
+use super::Item;
+use crate::target::Prompt;
 
 /// The built-in prompts, varied in topic, style and length.
 pub const PROMPTS: &[&str] = &[
@@ -34,60 +35,17 @@ pub const PROMPTS: &[&str] = &[
      fence. How many trees does he need? Explain your reasoning step by step.",
 ];
 
-/// The prompt sequence of a run.
-#[derive(Debug, Clone)]
-pub struct Workload {
-    max_tokens: u32,
-    unique_prompts: bool,
-}
-
-impl Workload {
-    /// Every request asks for `max_tokens`. With `unique_prompts`, each
-    /// prompt starts with its request index, so no two requests share a
-    /// prompt prefix a server could serve from its prefix cache.
-    pub fn new(max_tokens: u32, unique_prompts: bool) -> Self {
-        Self {
-            max_tokens,
-            unique_prompts,
-        }
-    }
-
-    /// The request with global index `index` (warm-up requests come first).
-    pub fn request(&self, index: usize) -> GenRequest {
-        let base = PROMPTS[index % PROMPTS.len()];
-        let prompt = if self.unique_prompts {
-            format!("Request {index}. {base}")
-        } else {
-            base.to_string()
-        };
-        GenRequest {
-            prompt,
-            max_tokens: self.max_tokens,
-        }
-    }
+/// The built-in prompts as workload items (no expectations).
+pub fn items() -> Vec<Item> {
+    PROMPTS
+        .iter()
+        .map(|p| Item::new(Prompt::Text((*p).to_string())))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prompts_cycle() {
-        let w = Workload::new(32, false);
-        assert_eq!(w.request(0).prompt, PROMPTS[0]);
-        assert_eq!(w.request(PROMPTS.len() + 3), w.request(3));
-        assert_eq!(w.request(5).max_tokens, 32);
-    }
-
-    #[test]
-    fn unique_prompts_differ_from_the_start() {
-        let w = Workload::new(8, true);
-        let a = w.request(1).prompt;
-        let b = w.request(1 + PROMPTS.len()).prompt;
-        assert_ne!(a, b);
-        assert!(a.ends_with(PROMPTS[1]));
-        assert!(b.starts_with("Request 13."));
-    }
 
     #[test]
     fn prompt_set_is_a_dozen_of_varied_length() {
