@@ -20,6 +20,9 @@
 #        BENCH_OUT=DIR            keep logs and JSON reports there (default: a
 #                                 fresh folder under /tmp, printed at the end)
 #        CARGO_TARGET_DIR         honoured, as by cargo
+#        REQUESTS_PER_C=4, MIN_REQUESTS=16, WARMUP=2
+#                                 measured requests per run: max(C * 4, 16),
+#                                 after 2 warm-up ones (scripts/lib/bench-common.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +34,9 @@ LLAMA_EXTRA_ARGS="${LLAMA_EXTRA_ARGS:-}"
 OUT="${BENCH_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/weft-bench-serving.XXXXXX")}"
 mkdir -p "$OUT"
 BIN="${CARGO_TARGET_DIR:-target}/release"
-
-log() { echo "bench-serving: $*" >&2; }
+# shellcheck source=scripts/lib/bench-common.sh
+source scripts/lib/bench-common.sh
+trap stop_server EXIT
 
 MODEL="$(scripts/fetch-model.sh)"
 LLAMA_BIN="$(scripts/build-llamacpp.sh)"
@@ -42,88 +46,14 @@ for exe in weft-coordinator weft-worker weft-load; do
   [[ -x "$BIN/$exe" ]] || { log "missing $BIN/$exe after the build"; exit 1; }
 done
 
-# A TCP port nobody listens on right now.
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-SERVER_PID=""
-# Stops the running server: SIGTERM to it, then SIGKILL to its whole process
-# group (it was started with setsid) if it has not exited after 15 s.
-stop_server() {
-  [[ -n "$SERVER_PID" ]] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  for _ in $(seq 150); do
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-}
-trap stop_server EXIT
-
-# wait_for DESCRIPTION TIMEOUT_S COMMAND...: polls COMMAND every 0.2 s while
-# the server lives.
-wait_for() {
-  local what="$1" timeout="$2"; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@"; do
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then log "$what: server exited"; return 1; fi
-    if ((SECONDS >= deadline)); then log "$what: not ready after ${timeout}s"; return 1; fi
-    sleep 0.2
-  done
-}
-
-weft_ready() { grep -qs "weft-coordinator ready: gRPC API on" "$1"; }
-http_ok() { [[ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" == 200 ]]; }
-
-start_weft() {
-  local c="$1" port="$2" cport
-  cport="$(free_port)"
-  setsid "$BIN/weft-coordinator" --model "$MODEL" --tp 1 --local-workers \
-    --listen "127.0.0.1:$port" --cluster-listen "127.0.0.1:$cport" --http-listen 127.0.0.1:0 --max-num-seqs 64 \
-    --worker-threads "$THREADS" \
-    >"$OUT/weft-c$c.stdout" 2>"$OUT/weft-c$c.stderr" &
-  SERVER_PID=$!
-  wait_for "weft (c=$c)" 180 weft_ready "$OUT/weft-c$c.stdout"
-}
-
-start_llama() {
-  local c="$1" port="$2"
-  # shellcheck disable=SC2086 # LLAMA_EXTRA_ARGS is split into words on purpose
-  LD_LIBRARY_PATH="$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" setsid "$LLAMA_BIN/llama-server" \
-    -m "$MODEL" --host 127.0.0.1 --port "$port" -t "$THREADS" -np "$c" -c $((c * 512)) \
-    --no-webui $LLAMA_EXTRA_ARGS >"$OUT/llama-c$c.log" 2>&1 &
-  SERVER_PID=$!
-  wait_for "llama-server (c=$c)" 180 http_ok "http://127.0.0.1:$port/health"
-}
-
-# load NAME C TARGET: one weft-load run; its report lands in $OUT/NAME-cC.json.
-load() {
-  local name="$1" c="$2" target="$3" requests
-  requests=$((c * 4 < 16 ? 16 : c * 4))
-  "$BIN/weft-load" --target "$target" --concurrency "$c" --requests "$requests" \
-    --warmup 2 --max-tokens "$MAX_TOKENS" --max-duration-s "$RUN_TIMEOUT_S" \
-    --unique-prompts --json "$OUT/$name-c$c.json" || log "$name c=$c: weft-load failed"
-}
-
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "model:   $MODEL"
-read -r load1 _ </proc/loadavg
-echo "load:    $load1 (1-min load average before the runs)"
-if python3 -c "import sys; sys.exit(0 if float('$load1') > 0.5 * $(nproc) else 1)"; then
-  echo "WARNING: the machine is busy; llama.cpp suffers from other load far more than weft," \
-    "so the ratios below overstate weft" >&2
-fi
+print_header
 for c in $CONCURRENCIES; do
   port="$(free_port)"
   if start_weft "$c" "$port"; then
     load weft "$c" "grpc://127.0.0.1:$port"
   fi
   stop_server
-  stats="$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/weft-c$c.stderr" | grep 'serving stats' | tail -n1 || true)"
-  if [[ -n "$stats" ]]; then echo "weft c=$c last scheduler stats: $stats"; fi
+  weft_stats "$c"
 
   port="$(free_port)"
   if start_llama "$c" "$port"; then
@@ -132,6 +62,7 @@ for c in $CONCURRENCIES; do
   stop_server
 done
 
+# shellcheck disable=SC2086 # one argument per concurrency
 python3 - "$OUT" $CONCURRENCIES <<'PY'
 import json, os, sys
 out, concs = sys.argv[1], sys.argv[2:]
