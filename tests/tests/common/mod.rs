@@ -3,6 +3,7 @@
 //! that drives real worker processes directly (to read debug logits).
 #![allow(dead_code)]
 
+pub mod load;
 pub mod reference;
 pub mod server;
 
