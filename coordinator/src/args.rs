@@ -90,6 +90,18 @@ pub struct SchedulerArgs {
     /// Context length to serve (default and maximum: the model's).
     #[arg(long, env = "WEFT_MAX_MODEL_LEN")]
     pub max_model_len: Option<usize>,
+    /// While a failed worker group is being re-formed, up to this many new
+    /// requests wait for it; more are refused with UNAVAILABLE.
+    #[arg(long, env = "WEFT_RECOVERY_QUEUE", default_value_t = 64)]
+    pub recovery_queue: usize,
+    /// Seconds requests may wait for a failed group to come back; after
+    /// that they get UNAVAILABLE until it serves again.
+    #[arg(long, env = "WEFT_RECOVERY_WAIT_S", default_value_t = 30)]
+    pub recovery_wait_s: u64,
+    /// Seconds every rank gets to answer one step; a rank that stalls
+    /// longer fails the group (which is then re-formed).
+    #[arg(long, env = "WEFT_STEP_TIMEOUT_S", default_value_t = 60)]
+    pub step_timeout_s: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -20,6 +20,7 @@ pub mod request;
 pub mod scheduler;
 pub mod server;
 pub mod stop;
+pub mod supervise;
 pub mod trace;
 
 pub use args::CoordinatorArgs;

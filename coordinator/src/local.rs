@@ -9,6 +9,7 @@ use tokio::process::{Child, Command};
 
 use crate::CoordinatorError;
 
+#[derive(Clone, Debug)]
 pub struct LocalWorkerConfig {
     pub bin: PathBuf,
     pub world_size: usize,
@@ -52,6 +53,7 @@ impl WorkerDevice {
 
 pub struct LocalWorkers {
     children: Vec<Child>,
+    cfg: LocalWorkerConfig,
 }
 
 /// The weft-worker executable beside the running one.
@@ -81,36 +83,27 @@ impl LocalWorkers {
                 cfg.bin.display()
             )));
         }
-        let mut children = Vec::with_capacity(cfg.world_size);
-        for rank in 0..cfg.world_size {
-            let mut cmd = Command::new(&cfg.bin);
-            // The client API keys are none of a worker's business.
-            cmd.env_remove("WEFT_API_KEY");
-            cmd.arg("--coordinator")
-                .arg(&cfg.coordinator_url)
-                .arg("--rank")
-                .arg(rank.to_string())
-                .arg("--threads")
-                .arg(cfg.threads.to_string())
-                .arg("--exit-with-parent")
-                .kill_on_drop(true);
-            if cfg.debug_logits {
-                cmd.arg("--debug-logits");
-            }
-            if let Some(device) = &cfg.device {
-                // Rank r of a single-node group uses GPU r (cuda:N offsets it).
-                cmd.arg("--device").arg(device.for_rank(rank));
-            }
-            let child = cmd
-                .spawn()
-                .map_err(|e| CoordinatorError::Spawn(format!("{}: {e}", cfg.bin.display())))?;
-            tracing::info!(rank, pid = child.id(), "started local worker");
-            children.push(child);
-        }
-        Ok(LocalWorkers { children })
+        let children = (0..cfg.world_size)
+            .map(|rank| spawn_rank(cfg, rank))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LocalWorkers {
+            children,
+            cfg: cfg.clone(),
+        })
     }
 
-    /// Resolves when any worker exits, with its rank and status.
+    /// Kills every worker (a survivor of a failed group included) and
+    /// starts a fresh one for each rank, to re-form the group.
+    pub async fn restart(&mut self) -> Result<(), CoordinatorError> {
+        for c in &mut self.children {
+            let _ = c.kill().await;
+        }
+        self.children = (0..self.cfg.world_size)
+            .map(|rank| spawn_rank(&self.cfg, rank))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(())
+    }
+
     pub async fn any_exited(&mut self) -> (usize, std::io::Result<ExitStatus>) {
         loop {
             for (rank, c) in self.children.iter_mut().enumerate() {
@@ -135,4 +128,28 @@ impl LocalWorkers {
             }
         }
     }
+}
+
+fn spawn_rank(cfg: &LocalWorkerConfig, rank: usize) -> Result<Child, CoordinatorError> {
+    let mut cmd = Command::new(&cfg.bin);
+    cmd.env_remove("WEFT_API_KEY");
+    cmd.arg("--coordinator")
+        .arg(&cfg.coordinator_url)
+        .arg("--rank")
+        .arg(rank.to_string())
+        .arg("--threads")
+        .arg(cfg.threads.to_string())
+        .arg("--exit-with-parent")
+        .kill_on_drop(true);
+    if cfg.debug_logits {
+        cmd.arg("--debug-logits");
+    }
+    if let Some(device) = &cfg.device {
+        cmd.arg("--device").arg(device.for_rank(rank));
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| CoordinatorError::Spawn(format!("{}: {e}", cfg.bin.display())))?;
+    tracing::info!(rank, pid = child.id(), "started local worker");
+    Ok(child)
 }

@@ -57,6 +57,14 @@ impl Registry {
         lock(&self.members).iter().cloned().collect()
     }
 
+    /// Forgets every member, so that the ranks of a group being re-formed
+    /// register afresh.
+    pub fn reset(&self) {
+        let mut members = lock(&self.members);
+        members.iter_mut().for_each(|m| *m = None);
+        self.complete.send_replace(false);
+    }
+
     fn register(&self, req: &pb::RegisterRequest) -> Result<(), Status> {
         let rank = req.rank as usize;
         if rank >= self.world {

@@ -24,6 +24,7 @@ use crate::local::{default_threads, default_worker_bin, LocalWorkerConfig, Local
 use crate::registry::{Registry, RegistryService};
 use crate::request::RequestLimits;
 use crate::scheduler::{SchedulerConfig, SchedulerDeps, SchedulerHandle};
+use crate::supervise::Supervisor;
 use crate::CoordinatorError;
 use weft_model::config::ModelConfig;
 
@@ -50,9 +51,6 @@ pub type OnReady = Box<dyn FnOnce(Ready) + Send>;
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
-/// How often, and how patiently, every rank's health is checked.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// KV-cache blocks per worker: --kv-blocks, or the memory budget divided by
 /// the size of one block on one rank (keys and values, every layer, this
@@ -79,6 +77,9 @@ fn scheduler_config(args: &CoordinatorArgs, cfg: &ModelConfig) -> SchedulerConfi
             m.min(cfg.max_position_embeddings)
         }),
         eos_token_ids: cfg.eos_token_ids.clone(),
+        recovery_queue: s.recovery_queue,
+        recovery_wait: Duration::from_secs(s.recovery_wait_s),
+        step_timeout: Duration::from_secs(s.step_timeout_s.max(1)),
     }
 }
 
@@ -234,16 +235,15 @@ pub async fn run(
         max_batched_tokens = sched.max_batched_tokens,
         "scheduler limits"
     );
+    let ctx = GroupCtx {
+        args: &args,
+        ckpt: &ckpt,
+        registry: &registry,
+        coordinator_url,
+        sched: &sched,
+    };
     let startup = async {
-        let (group, kv_blocks) = start_group(
-            &args,
-            &ckpt,
-            &registry,
-            coordinator_url,
-            local.as_mut(),
-            &sched,
-        )
-        .await?;
+        let (group, kv_blocks) = start_group(&ctx, local.as_mut()).await?;
         // The blocks every rank holds (GPU ranks may size their pool).
         let sched = SchedulerConfig {
             kv_num_blocks: kv_blocks,
@@ -264,20 +264,31 @@ pub async fn run(
         canary(&api).await?;
         Ok::<_, CoordinatorError>((group, scheduler))
     };
-    let result = tokio::select! {
-        started = startup => match started {
-            Ok((group, scheduler)) => {
-                health.set_serving();
-                tracing::info!(%addr, %http_addr, "serving");
-                on_ready(Ready { addr, http_addr, scheduler: scheduler.clone(), api: api.clone() });
-                let watch = tokio::spawn(watch_group(group.clone(), scheduler));
-                shutdown.cancelled().await;
-                watch.abort();
-                Ok(Some(group))
-            }
-            Err(e) => Err(e),
-        },
-        _ = shutdown.cancelled() => {
+    let started = tokio::select! {
+        started = startup => Some(started),
+        _ = shutdown.cancelled() => None,
+    };
+    let result = match started {
+        Some(Ok((group, scheduler))) => {
+            health.set_serving();
+            tracing::info!(%addr, %http_addr, "serving");
+            on_ready(Ready {
+                addr,
+                http_addr,
+                scheduler: scheduler.clone(),
+                api: api.clone(),
+            });
+            let supervisor = Supervisor {
+                ctx: &ctx,
+                local: local.as_mut(),
+                api: &api,
+                health: &health,
+                scheduler: &scheduler,
+            };
+            Ok(Some(supervisor.run(group, &shutdown).await))
+        }
+        Some(Err(e)) => Err(e),
+        None => {
             tracing::info!("shutdown requested during startup");
             Ok(None)
         }
@@ -308,7 +319,7 @@ pub async fn run(
 }
 
 /// One greedy token through the whole group before health says SERVING.
-async fn canary(api: &Api) -> Result<(), CoordinatorError> {
+pub(crate) async fn canary(api: &Api) -> Result<(), CoordinatorError> {
     let first = api
         .model
         .config
@@ -340,21 +351,6 @@ async fn canary(api: &Api) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
-/// Checks every rank's health every few seconds; a rank that does not
-/// answer READY breaks the group (requests in flight end UNAVAILABLE and
-/// health goes NOT_SERVING).
-async fn watch_group(group: WorkerGroup, scheduler: SchedulerHandle) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-    loop {
-        tick.tick().await;
-        if let Err(e) = group.health(HEALTH_TIMEOUT).await {
-            tracing::error!(error = %e, "a rank failed its health check");
-            scheduler.fail(e.to_string()).await;
-            return;
-        }
-    }
-}
-
 fn spawn_local_workers(
     args: &CoordinatorArgs,
     coordinator_url: &str,
@@ -381,15 +377,29 @@ fn spawn_local_workers(
     .map(Some)
 }
 
+/// What forming a worker group takes.
+pub(crate) struct GroupCtx<'a> {
+    pub args: &'a CoordinatorArgs,
+    pub ckpt: &'a Checkpoint,
+    pub registry: &'a Registry,
+    /// The cluster API's URL, for workers that stream their shard.
+    pub coordinator_url: String,
+    pub sched: &'a SchedulerConfig,
+}
+
 /// Waits for every rank to register, then loads the group.
-async fn start_group(
-    args: &CoordinatorArgs,
-    ckpt: &Checkpoint,
-    registry: &Registry,
-    coordinator_url: String,
+pub(crate) async fn start_group(
+    ctx: &GroupCtx<'_>,
     local: Option<&mut LocalWorkers>,
-    sched: &SchedulerConfig,
 ) -> Result<(WorkerGroup, usize), CoordinatorError> {
+    let GroupCtx {
+        args,
+        ckpt,
+        registry,
+        sched,
+        ..
+    } = *ctx;
+    let coordinator_url = ctx.coordinator_url.clone();
     let timeout = Duration::from_secs(args.net.register_timeout_s);
     let members = match local {
         Some(l) => tokio::select! {

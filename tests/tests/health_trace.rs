@@ -34,6 +34,9 @@ fn coordinator_without_workers() -> (Killed, [SocketAddr; 3], std::sync::mpsc::R
         .args(["--model", &model_path().display().to_string(), "--tp", "1"])
         .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
         .args(["--http-listen", "127.0.0.1:0"])
+        // A lost rank is not coming back in this test: requests wait for it
+        // only briefly before UNAVAILABLE.
+        .args(["--recovery-wait-s", "3", "--recovery-queue", "1"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start coordinator");
@@ -85,6 +88,22 @@ async fn http_health(addr: SocketAddr) -> u16 {
         .as_u16()
 }
 
+/// The code and message of a refused request.
+async fn generate_message(url: &str) -> (Code, String) {
+    let mut c = GenerationClient::connect(url.to_string())
+        .await
+        .expect("connect");
+    let req = v1::GenerateRequest {
+        prompt: Some(v1::generate_request::Prompt::Text("Hello".into())),
+        max_tokens: 2,
+        ..Default::default()
+    };
+    match c.generate(req).await {
+        Ok(_) => (Code::Ok, String::new()),
+        Err(e) => (e.code(), e.message().to_string()),
+    }
+}
+
 async fn generate_code(url: &str) -> Result<(), Code> {
     let mut c = GenerationClient::connect(url.to_string())
         .await
@@ -132,7 +151,26 @@ async fn health_follows_loading_and_rank_loss() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(http_health(http).await, 503);
-    assert_eq!(generate_code(&url).await, Err(Code::Unavailable));
+    // One request waits for the group to recover (--recovery-queue 1), up
+    // to --recovery-wait-s; a second one meanwhile is refused at once.
+    let t0 = Instant::now();
+    let waiting = tokio::spawn({
+        let url = url.clone();
+        async move { generate_message(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = generate_message(&url).await;
+    assert_eq!(refused.0, Code::Unavailable);
+    assert!(refused.1.contains("already wait"), "{}", refused.1);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let waited = waiting.await.expect("task");
+    assert_eq!(waited.0, Code::Unavailable);
+    assert!(
+        waited.1.contains("has not recovered within"),
+        "{}",
+        waited.1
+    );
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
     // The coordinator itself survives and exits cleanly on SIGTERM.
     signal(coord.0.id(), libc::SIGTERM);
     let t0 = Instant::now();

@@ -36,6 +36,14 @@ pub struct SchedulerConfig {
     /// Context length of the model.
     pub max_model_len: usize,
     pub eos_token_ids: Vec<u32>,
+    /// While a failed group recovers, up to this many new requests wait
+    /// for it; more are refused with UNAVAILABLE.
+    pub recovery_queue: usize,
+    /// How long after a failure waiting requests may wait for the group;
+    /// then they (and new ones, until it is back) get UNAVAILABLE.
+    pub recovery_wait: Duration,
+    /// A step not answered by every rank within this long fails the group.
+    pub step_timeout: Duration,
 }
 
 /// Counters for tests, logs and metrics.
@@ -66,6 +74,13 @@ enum Command {
     /// The group was found broken outside a step (a rank stopped
     /// answering health checks).
     Fail { why: String },
+    /// A re-formed group replaces the broken one; requests that waited for
+    /// it start.
+    Replace {
+        group: WorkerGroup,
+        kv_num_blocks: usize,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to the scheduler actor.
@@ -163,6 +178,26 @@ impl SchedulerHandle {
     pub async fn fail(&self, why: String) {
         let _ = self.tx.send(Command::Fail { why }).await;
     }
+
+    /// Serves from `group` (re-formed after a failure, holding
+    /// `kv_num_blocks` blocks per rank) from now on.
+    pub async fn replace_group(&self, group: WorkerGroup, kv_num_blocks: usize) {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Replace {
+            group,
+            kv_num_blocks,
+            reply,
+        };
+        if self.tx.send(cmd).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Why and since when the group is not serving.
+struct Broken {
+    why: String,
+    since: Instant,
 }
 
 struct Scheduler {
@@ -179,7 +214,7 @@ struct Scheduler {
     /// Sequences whose worker state is dropped with the next step.
     released: Vec<u64>,
     /// Set when a step failed: the group is not serving.
-    broken: Option<String>,
+    broken: Option<Broken>,
     health: Health,
     stats: SchedulerStats,
     next_step: u64,
@@ -193,6 +228,16 @@ impl Scheduler {
                 self.handle(cmd);
             }
             self.reap(Instant::now());
+            if self.broken.is_some() && !self.waiting.is_empty() {
+                // Requests wait for the group to come back, within bounds.
+                self.expire_recovery_wait();
+                if let Ok(Some(cmd)) =
+                    tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
+                {
+                    self.handle(cmd);
+                }
+                continue;
+            }
             if self.running.is_empty() && self.waiting.is_empty() {
                 self.flush_releases().await;
                 let Some(cmd) = rx.recv().await else {
@@ -216,18 +261,33 @@ impl Scheduler {
             let t1 = Instant::now();
             let group = self.group.clone();
             let request = step.request.clone();
-            let mut fut = std::pin::pin!(async move { group.step(request).await });
+            let timeout = self.cfg.step_timeout;
+            let mut fut = std::pin::pin!(async move {
+                match tokio::time::timeout(timeout, group.step(request)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("a step was not answered within {timeout:?}")),
+                }
+            });
             let result = loop {
                 tokio::select! {
-                    r = &mut fut => break r,
-                    Some(cmd) = rx.recv() => self.handle(cmd),
+                    r = &mut fut => break Some(r),
+                    Some(cmd) = rx.recv() => {
+                        self.handle(cmd);
+                        // Found broken meanwhile (a rank failed its health
+                        // check): abandon the step, whose requests have
+                        // already ended.
+                        if self.broken.is_some() {
+                            break None;
+                        }
+                    }
                 }
             };
             self.stats.step_time += t1.elapsed();
             let t2 = Instant::now();
             match result {
-                Ok(resp) => self.apply(step, resp),
-                Err(e) => self.fail_group(e.to_string()),
+                Some(Ok(resp)) => self.apply(step, resp),
+                Some(Err(e)) => self.fail_group(e),
+                None => {}
             }
             self.stats.coordinator_time += t2.elapsed();
             self.maybe_log_stats();
@@ -238,10 +298,8 @@ impl Scheduler {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit { seq, reply } => {
-                let r = if let Some(why) = &self.broken {
-                    Err(Status::unavailable(format!(
-                        "the worker group is not serving: {why}"
-                    )))
+                let r = if self.broken.is_some() {
+                    self.admit_while_broken(seq)
                 } else if self.waiting.len() >= self.cfg.max_waiting {
                     Err(Status::resource_exhausted(format!(
                         "the server is at capacity ({} requests waiting); retry later",
@@ -265,6 +323,67 @@ impl Scheduler {
                     self.fail_group(why);
                 }
             }
+            Command::Replace {
+                group,
+                kv_num_blocks,
+                reply,
+            } => {
+                self.group = group;
+                self.cfg.kv_num_blocks = kv_num_blocks;
+                self.kv = BlockManager::new(
+                    kv_num_blocks,
+                    self.cfg.kv_block_size,
+                    self.cfg.prefix_caching,
+                );
+                self.released.clear();
+                self.broken = None;
+                tracing::info!(
+                    kv_num_blocks,
+                    waiting = self.waiting.len(),
+                    "serving from the re-formed worker group"
+                );
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// A request that arrives while the group recovers waits for it, if
+    /// the recovery queue has room and the wait has not run out.
+    fn admit_while_broken(&mut self, seq: Box<Seq>) -> Result<(), Status> {
+        let Some(b) = &self.broken else {
+            return Err(Status::internal("the group is serving"));
+        };
+        let why = &b.why;
+        if b.since.elapsed() >= self.cfg.recovery_wait {
+            return Err(Status::unavailable(format!(
+                "the worker group is not serving ({why}) and has not recovered within {:?}",
+                self.cfg.recovery_wait
+            )));
+        }
+        if self.waiting.len() >= self.cfg.recovery_queue {
+            return Err(Status::unavailable(format!(
+                "the worker group is not serving ({why}); {} requests already wait for it \
+                 to recover",
+                self.waiting.len()
+            )));
+        }
+        self.waiting.push_back(seq);
+        Ok(())
+    }
+
+    /// Ends the requests waiting for a recovery that took too long.
+    fn expire_recovery_wait(&mut self) {
+        let Some(b) = &self.broken else { return };
+        if b.since.elapsed() < self.cfg.recovery_wait {
+            return;
+        }
+        let status = Status::unavailable(format!(
+            "the worker group is not serving ({}) and has not recovered within {:?}",
+            b.why, self.cfg.recovery_wait
+        ));
+        for mut s in std::mem::take(&mut self.waiting) {
+            // Queued while broken: no blocks to return.
+            s.fail(status.clone());
         }
     }
 
@@ -343,8 +462,11 @@ impl Scheduler {
             ..Default::default()
         };
         self.next_step += 1;
-        if let Err(e) = self.group.step(req).await {
-            self.fail_group(e.to_string());
+        let timeout = self.cfg.step_timeout;
+        match tokio::time::timeout(timeout, self.group.step(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.fail_group(e.to_string()),
+            Err(_) => self.fail_group(format!("a step was not answered within {timeout:?}")),
         }
     }
 
@@ -364,6 +486,9 @@ impl Scheduler {
             self.free(&s);
         }
         self.released.clear();
-        self.broken = Some(why);
+        self.broken = Some(Broken {
+            why,
+            since: Instant::now(),
+        });
     }
 }
