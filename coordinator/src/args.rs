@@ -146,6 +146,11 @@ pub struct NetArgs {
     /// Seconds to wait for every rank to register.
     #[arg(long, env = "WEFT_REGISTER_TIMEOUT", default_value_t = 120)]
     pub register_timeout_s: u64,
+    /// On SIGTERM, seconds the requests in flight get to finish (no new
+    /// one is admitted meanwhile); those still running then end with
+    /// UNAVAILABLE, so that their clients retry elsewhere.
+    #[arg(long, env = "WEFT_DRAIN_GRACE_S", default_value_t = 30)]
+    pub drain_grace_s: u64,
 }
 
 #[derive(Args, Debug, Clone)]

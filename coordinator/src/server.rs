@@ -49,8 +49,9 @@ pub struct Ready {
 /// Called once the model serves.
 pub type OnReady = Box<dyn FnOnce(Ready) + Send>;
 
-/// How long in-flight requests may take to finish once shutdown begins.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How long the client APIs get to flush their last responses once the
+/// scheduler has drained.
+const API_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// KV-cache blocks per worker: --kv-blocks, or the memory budget divided by
 /// the size of one block on one rank (keys and values, every layer, this
@@ -285,7 +286,7 @@ pub async fn run(
                 health: &health,
                 scheduler: &scheduler,
             };
-            Ok(Some(supervisor.run(group, &shutdown).await))
+            Ok(Some((supervisor.run(group, &shutdown).await, scheduler)))
         }
         Some(Err(e)) => Err(e),
         None => {
@@ -293,21 +294,37 @@ pub async fn run(
             Ok(None)
         }
     };
-    // Drain: NOT_SERVING first, then let the APIs finish what is in flight.
+    // Drain: NOT_SERVING first, admit nothing more, let what is in flight
+    // finish within the grace period (the rest ends UNAVAILABLE), then stop
+    // the APIs once their streams are flushed.
     health.set_not_serving("the server is shutting down");
+    if let Ok(Some((_, scheduler))) = &result {
+        let grace = Duration::from_secs(args.net.drain_grace_s);
+        tracing::info!(
+            ?grace,
+            "draining: no new requests; in-flight ones may finish"
+        );
+        let ended = scheduler.drain(grace).await;
+        if ended > 0 {
+            tracing::warn!(
+                ended,
+                "requests still running after {grace:?} ended UNAVAILABLE"
+            );
+        }
+    }
     serving.cancel();
     for task in [grpc_task, http_task] {
         let abort = task.abort_handle();
-        match tokio::time::timeout(DRAIN_GRACE, task).await {
+        match tokio::time::timeout(API_STOP_GRACE, task).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API ended with an error"),
             Err(_) => {
-                tracing::warn!("in-flight requests did not finish within {DRAIN_GRACE:?}");
+                tracing::warn!("client streams did not close within {API_STOP_GRACE:?}");
                 abort.abort();
             }
             _ => {}
         }
     }
-    if let Ok(Some(group)) = &result {
+    if let Ok(Some((group, _))) = &result {
         tracing::info!("shutting down the worker group");
         group.shutdown().await;
     }

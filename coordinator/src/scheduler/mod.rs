@@ -74,6 +74,12 @@ enum Command {
     /// The group was found broken outside a step (a rank stopped
     /// answering health checks).
     Fail { why: String },
+    /// Shutdown: admit nothing more; with `abort`, also end every request
+    /// still queued or running with UNAVAILABLE.
+    Drain {
+        abort: bool,
+        reply: oneshot::Sender<usize>,
+    },
     /// A re-formed group replaces the broken one; requests that waited for
     /// it start.
     Replace {
@@ -120,6 +126,8 @@ impl SchedulerHandle {
             running: Vec::new(),
             released: Vec::new(),
             broken: None,
+            draining: false,
+            step_abandoned: false,
             health,
             stats: SchedulerStats::default(),
             next_step: 1,
@@ -179,6 +187,31 @@ impl SchedulerHandle {
         let _ = self.tx.send(Command::Fail { why }).await;
     }
 
+    /// Stops admitting requests, lets those in flight finish for up to
+    /// `grace`, then ends the rest with UNAVAILABLE. Returns how many had
+    /// to be ended.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let deadline = Instant::now() + grace;
+        let mut left = self.drain_cmd(false).await;
+        while left > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            left = self.drain_cmd(false).await;
+        }
+        if left == 0 {
+            return 0;
+        }
+        self.drain_cmd(true).await
+    }
+
+    /// Sends a drain command; returns the requests still queued or running.
+    async fn drain_cmd(&self, abort: bool) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Drain { abort, reply }).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
     /// Serves from `group` (re-formed after a failure, holding
     /// `kv_num_blocks` blocks per rank) from now on.
     pub async fn replace_group(&self, group: WorkerGroup, kv_num_blocks: usize) {
@@ -215,6 +248,10 @@ struct Scheduler {
     released: Vec<u64>,
     /// Set when a step failed: the group is not serving.
     broken: Option<Broken>,
+    /// Set at shutdown: nothing new is admitted.
+    draining: bool,
+    /// Set when the requests of the step in flight were ended by a command.
+    step_abandoned: bool,
     health: Health,
     stats: SchedulerStats,
     next_step: u64,
@@ -262,6 +299,7 @@ impl Scheduler {
             let group = self.group.clone();
             let request = step.request.clone();
             let timeout = self.cfg.step_timeout;
+            self.step_abandoned = false;
             let mut fut = std::pin::pin!(async move {
                 match tokio::time::timeout(timeout, group.step(request)).await {
                     Ok(r) => r.map_err(|e| e.to_string()),
@@ -274,9 +312,9 @@ impl Scheduler {
                     Some(cmd) = rx.recv() => {
                         self.handle(cmd);
                         // Found broken meanwhile (a rank failed its health
-                        // check): abandon the step, whose requests have
-                        // already ended.
-                        if self.broken.is_some() {
+                        // check) or drained: abandon the step, whose
+                        // requests have already ended.
+                        if std::mem::take(&mut self.step_abandoned) || self.broken.is_some() {
                             break None;
                         }
                     }
@@ -298,7 +336,11 @@ impl Scheduler {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit { seq, reply } => {
-                let r = if self.broken.is_some() {
+                let r = if self.draining {
+                    Err(Status::unavailable(
+                        "the server is shutting down; retry on another replica",
+                    ))
+                } else if self.broken.is_some() {
                     self.admit_while_broken(seq)
                 } else if self.waiting.len() >= self.cfg.max_waiting {
                     Err(Status::resource_exhausted(format!(
@@ -323,6 +365,16 @@ impl Scheduler {
                     self.fail_group(why);
                 }
             }
+            Command::Drain { abort, reply } => {
+                self.draining = true;
+                let left = self.running.len() + self.waiting.len();
+                if abort && left > 0 {
+                    self.end_all(Status::unavailable(
+                        "the server shut down before the request finished; retry it",
+                    ));
+                }
+                let _ = reply.send(left);
+            }
             Command::Replace {
                 group,
                 kv_num_blocks,
@@ -344,6 +396,20 @@ impl Scheduler {
                 );
                 let _ = reply.send(());
             }
+        }
+    }
+
+    /// Ends every queued and running request with `status` (and with them
+    /// the step in flight, if any).
+    fn end_all(&mut self, status: Status) {
+        self.step_abandoned = !self.running.is_empty();
+        for s in std::mem::take(&mut self.running)
+            .into_iter()
+            .chain(std::mem::take(&mut self.waiting))
+        {
+            let mut s = s;
+            s.fail(status.clone());
+            self.free(&s);
         }
     }
 
@@ -476,15 +542,9 @@ impl Scheduler {
         tracing::error!(error = %why, "the worker group is not serving");
         self.health
             .set_not_serving(format!("the worker group failed: {why}"));
-        let status = Status::unavailable(format!("the worker group failed: {why}"));
-        for s in std::mem::take(&mut self.running)
-            .into_iter()
-            .chain(std::mem::take(&mut self.waiting))
-        {
-            let mut s = s;
-            s.fail(status.clone());
-            self.free(&s);
-        }
+        self.end_all(Status::unavailable(format!(
+            "the worker group failed: {why}"
+        )));
         self.released.clear();
         self.broken = Some(Broken {
             why,

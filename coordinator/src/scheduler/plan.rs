@@ -176,7 +176,15 @@ impl Scheduler {
         let max_len = self.cfg.max_model_len;
         for it in &step.items {
             self.stats.computed_tokens += it.n_tokens as u64;
-            let s = &mut self.running[it.index];
+            // The step's sequences are the running ones unless a command
+            // ended them meanwhile (then the step is abandoned first).
+            let Some(s) = self.running.get_mut(it.index) else {
+                tracing::error!(
+                    index = it.index,
+                    "a step answered for a sequence no longer running"
+                );
+                return;
+            };
             s.computed += it.n_tokens;
             s.needs_history = false;
             s.announce = false;
