@@ -102,6 +102,11 @@ pub struct SchedulerArgs {
     /// longer fails the group (which is then re-formed).
     #[arg(long, env = "WEFT_STEP_TIMEOUT_S", default_value_t = 60)]
     pub step_timeout_s: u64,
+    /// Requests in flight when the worker group fails wait for it to be
+    /// re-formed (within the recovery bounds) and resume there, with output
+    /// identical to an undisturbed run, instead of ending UNAVAILABLE.
+    #[arg(long, env = "WEFT_RESUME_ON_FAILURE", default_value_t = false)]
+    pub resume_on_failure: bool,
 }
 
 #[derive(Args, Debug, Clone)]

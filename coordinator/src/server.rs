@@ -81,6 +81,7 @@ fn scheduler_config(args: &CoordinatorArgs, cfg: &ModelConfig) -> SchedulerConfi
         recovery_queue: s.recovery_queue,
         recovery_wait: Duration::from_secs(s.recovery_wait_s),
         step_timeout: Duration::from_secs(s.step_timeout_s.max(1)),
+        resume_on_failure: s.resume_on_failure,
     }
 }
 

@@ -16,16 +16,18 @@ use common::load::{http_status, load, u};
 use common::{children_of, model_path, wait_until, Cluster};
 use serde_json::Value;
 
-fn cluster() -> Cluster {
+fn cluster(extra: &[&str]) -> Cluster {
     let model = model_path();
-    Cluster::start(&[
+    let mut args = vec![
         "--model",
         model.to_str().expect("utf-8 path"),
         "--tp",
         "3",
         "--recovery-wait-s",
         "40",
-    ])
+    ];
+    args.extend(extra);
+    Cluster::start(&args)
 }
 
 /// The endings weft-load reports, as "relation/ending" strings.
@@ -148,9 +150,64 @@ fn recovered_after(r: &Value) -> f64 {
 /// the machine, not the recovery).
 #[test]
 fn worker_group_heals_after_a_kill_and_after_a_stall() {
-    let cluster = cluster();
-    killed_worker_group_heals_and_serves_the_same_outputs(&cluster);
-    stalled_worker_is_detected_and_replaced(&cluster);
+    let first = cluster(&[]);
+    killed_worker_group_heals_and_serves_the_same_outputs(&first);
+    stalled_worker_is_detected_and_replaced(&first);
+    drop(first);
+    requests_resume_on_the_reformed_group(&cluster(&["--resume-on-failure"]));
+}
+
+/// With --resume-on-failure, requests in flight when a worker is killed
+/// wait for the re-formed group and finish there with exactly the greedy
+/// output of an undisturbed run (checked token by token by weft-load).
+fn requests_resume_on_the_reformed_group(cluster: &Cluster) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expected = dir.path().join("expected.jsonl");
+    let expected = expected.to_str().expect("utf-8");
+    let (ok, _, err) = load(
+        cluster,
+        &[
+            "--max-tokens",
+            "40",
+            "--requests",
+            "12",
+            "--record-expected",
+            expected,
+        ],
+        &dir.path().join("undisturbed.json"),
+    );
+    assert!(ok, "{err}");
+    let workers = children_of(cluster.pid());
+    let kill = format!("kill -KILL {}", workers[1]);
+    let (ok, r, err) = load(
+        cluster,
+        &[
+            "--dataset",
+            "jsonl",
+            "--dataset-path",
+            expected,
+            "--check",
+            "--requests",
+            "24",
+            "--concurrency",
+            "12",
+            "--fault-at-s",
+            "1",
+            "--fault-cmd",
+            &kill,
+            "--max-duration-s",
+            "50",
+        ],
+        &dir.path().join("resumed.json"),
+    );
+    let c = &r["correctness"];
+    eprintln!("resume: endings {}, correctness {c}", r["fault"]["endings"]);
+    assert!(ok, "{err}\n{}\n{c}", r["requests"]);
+    assert_eq!(u(&r["requests"]["ok"]), 24, "{}", r["requests"]);
+    assert_eq!(u(&c["matched"]), 24, "{c}");
+    // The kill did hit requests in flight, which then resumed.
+    assert!(r["fault"]["endings"]["in_flight"]["ok"].as_u64() > Some(0));
+    assert!(!children_of(cluster.pid()).contains(&workers[1]));
 }
 
 fn killed_worker_group_heals_and_serves_the_same_outputs(cluster: &Cluster) {

@@ -44,6 +44,10 @@ pub struct SchedulerConfig {
     pub recovery_wait: Duration,
     /// A step not answered by every rank within this long fails the group.
     pub step_timeout: Duration,
+    /// Requests in flight when the group fails wait for the re-formed
+    /// group and resume there (from their prompt and the tokens already
+    /// streamed) instead of ending with UNAVAILABLE.
+    pub resume_on_failure: bool,
 }
 
 /// Counters for tests, logs and metrics.
@@ -413,6 +417,24 @@ impl Scheduler {
         }
     }
 
+    /// Puts every running request back at the front of the queue (oldest
+    /// first) with no K/V state: on the re-formed group each is recomputed
+    /// from its prompt and the tokens already streamed, as after a
+    /// preemption, so greedy and seeded outputs continue unchanged.
+    fn requeue_running(&mut self) {
+        self.step_abandoned = !self.running.is_empty();
+        for mut s in std::mem::take(&mut self.running).into_iter().rev() {
+            if let Err(e) = self.kv.release(&s.blocks) {
+                tracing::error!(seq = s.id, error = %e, "KV block accounting error");
+            }
+            s.blocks.clear();
+            s.hashes.clear();
+            s.computed = 0;
+            tracing::debug!(seq = s.id, streamed = s.output.len(), "waits to resume");
+            self.waiting.push_front(s);
+        }
+    }
+
     /// A request that arrives while the group recovers waits for it, if
     /// the recovery queue has room and the wait has not run out.
     fn admit_while_broken(&mut self, seq: Box<Seq>) -> Result<(), Status> {
@@ -542,9 +564,13 @@ impl Scheduler {
         tracing::error!(error = %why, "the worker group is not serving");
         self.health
             .set_not_serving(format!("the worker group failed: {why}"));
-        self.end_all(Status::unavailable(format!(
-            "the worker group failed: {why}"
-        )));
+        if self.cfg.resume_on_failure {
+            self.requeue_running();
+        } else {
+            self.end_all(Status::unavailable(format!(
+                "the worker group failed: {why}"
+            )));
+        }
         self.released.clear();
         self.broken = Some(Broken {
             why,
