@@ -22,6 +22,9 @@ pub struct CoordinatorArgs {
     pub sched: SchedulerArgs,
     #[command(flatten)]
     pub api: ApiArgs,
+    /// Mutual TLS on the cluster API (to and from the workers).
+    #[command(flatten)]
+    pub tls: weft_worker::tls::TlsArgs,
 }
 
 /// How chat output of a reasoning model is split.

@@ -21,6 +21,8 @@ pub enum CoordinatorError {
     RankDisagreement(String),
     #[error("worker rank {rank} failed: {status}")]
     Worker { rank: usize, status: tonic::Status },
+    #[error("cluster TLS: {0}")]
+    Tls(#[from] weft_worker::tls::TlsError),
     #[error("cannot start local workers: {0}")]
     Spawn(String),
     #[error("io error: {0}")]

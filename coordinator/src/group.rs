@@ -6,6 +6,8 @@ use tonic::transport::Channel;
 use weft_proto::cluster::v1 as pb;
 use weft_proto::cluster::v1::worker_client::WorkerClient;
 
+use weft_worker::tls::{self, ClusterTls};
+
 use crate::registry::Member;
 use crate::CoordinatorError;
 
@@ -15,14 +17,15 @@ pub struct WorkerGroup {
 }
 
 impl WorkerGroup {
-    /// Connects to every member, indexed by rank.
-    pub async fn connect(members: &[Member]) -> Result<Self, CoordinatorError> {
+    /// Connects to every member, indexed by rank (over mutual TLS with
+    /// `tls`).
+    pub async fn connect(
+        members: &[Member],
+        tls: Option<&ClusterTls>,
+    ) -> Result<Self, CoordinatorError> {
         let mut clients = Vec::with_capacity(members.len());
         for m in members {
-            let ch = Channel::from_shared(format!("http://{}", m.worker_addr))
-                .map_err(|e| CoordinatorError::InvalidArgument(format!("worker address: {e}")))?
-                .connect()
-                .await?;
+            let ch = tls::connect(&tls::url(&m.worker_addr, tls), tls).await?;
             clients.push(WorkerClient::new(ch).max_decoding_message_size(64 << 20));
         }
         Ok(WorkerGroup { clients })

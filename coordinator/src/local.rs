@@ -19,6 +19,9 @@ pub struct LocalWorkerConfig {
     pub debug_logits: bool,
     /// The device of local workers (None: their default, the CPU).
     pub device: Option<WorkerDevice>,
+    /// The coordinator's TLS files: local workers use its identity and pin
+    /// its certificate.
+    pub tls: Option<weft_worker::tls::TlsArgs>,
 }
 
 /// `--worker-device`: `cpu`, or `cuda` / `cuda:N` (rank r gets GPU N + r).
@@ -146,6 +149,18 @@ fn spawn_rank(cfg: &LocalWorkerConfig, rank: usize) -> Result<Child, Coordinator
     }
     if let Some(device) = &cfg.device {
         cmd.arg("--device").arg(device.for_rank(rank));
+    }
+    if let Some(t) = &cfg.tls {
+        for (flag, path) in [
+            ("--tls-cert", &t.tls_cert),
+            ("--tls-key", &t.tls_key),
+            ("--tls-ca", &t.tls_ca),
+            ("--coordinator-cert", &t.tls_cert),
+        ] {
+            if let Some(p) = path {
+                cmd.arg(flag).arg(p);
+            }
+        }
     }
     let child = cmd
         .spawn()

@@ -27,6 +27,7 @@ use crate::scheduler::{SchedulerConfig, SchedulerDeps, SchedulerHandle};
 use crate::supervise::Supervisor;
 use crate::CoordinatorError;
 use weft_model::config::ModelConfig;
+use weft_worker::tls::ClusterTls;
 
 /// Already-bound listeners (tests bind port 0).
 pub struct Listeners {
@@ -221,14 +222,21 @@ pub async fn run(
 
     let registry = Registry::new(tp, ckpt.clone(), plan);
     let cluster_addr = listeners.cluster.local_addr()?;
-    let cluster_server = tonic::transport::Server::builder()
+    let tls = ClusterTls::load(&args.tls)?;
+    let mut cluster_builder = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        cluster_builder = cluster_builder
+            .tls_config(t.server())
+            .map_err(|e| CoordinatorError::InvalidArgument(format!("cluster TLS: {e}")))?;
+    }
+    let cluster_server = cluster_builder
         .add_service(pb::coordinator_server::CoordinatorServer::new(
             RegistryService(registry.clone()),
         ))
         .serve_with_incoming(TcpListenerStream::new(listeners.cluster));
     let cluster_task = tokio::spawn(cluster_server);
-    let coordinator_url = format!("http://{cluster_addr}");
-    let mut local = spawn_local_workers(&args, &coordinator_url)?;
+    let coordinator_url = weft_worker::tls::url(&cluster_addr.to_string(), tls.as_ref());
+    let mut local = spawn_local_workers(&args, &coordinator_url, tls.as_ref())?;
 
     tracing::info!(
         kv_blocks = sched.kv_num_blocks,
@@ -243,6 +251,7 @@ pub async fn run(
         registry: &registry,
         coordinator_url,
         sched: &sched,
+        tls: tls.as_ref(),
     };
     let startup = async {
         let (group, kv_blocks) = start_group(&ctx, local.as_mut()).await?;
@@ -372,6 +381,7 @@ pub(crate) async fn canary(api: &Api) -> Result<(), CoordinatorError> {
 fn spawn_local_workers(
     args: &CoordinatorArgs,
     coordinator_url: &str,
+    tls: Option<&ClusterTls>,
 ) -> Result<Option<LocalWorkers>, CoordinatorError> {
     if !args.local.local_workers {
         return Ok(None);
@@ -391,6 +401,7 @@ fn spawn_local_workers(
         threads,
         debug_logits: args.local.worker_debug_logits,
         device: args.local.worker_device,
+        tls: tls.map(|t| t.args.clone()),
     })
     .map(Some)
 }
@@ -403,6 +414,8 @@ pub(crate) struct GroupCtx<'a> {
     /// The cluster API's URL, for workers that stream their shard.
     pub coordinator_url: String,
     pub sched: &'a SchedulerConfig,
+    /// Mutual TLS to the workers.
+    pub tls: Option<&'a ClusterTls>,
 }
 
 /// Waits for every rank to register, then loads the group.
@@ -430,7 +443,7 @@ pub(crate) async fn start_group(
     }
     .ok_or_else(|| CoordinatorError::Unavailable(format!("not every rank registered within {timeout:?}")))?;
 
-    let group = WorkerGroup::connect(&members).await?;
+    let group = WorkerGroup::connect(&members, ctx.tls).await?;
     // A GPU group of several ranks forms its NCCL communicator from an id
     // that rank 0 makes and this coordinator hands to every rank.
     let all_cuda = members.iter().all(|m| m.cuda);

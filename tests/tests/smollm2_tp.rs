@@ -85,7 +85,7 @@ async fn streamed_shards_equal_local_shards() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     for rank in 0..3 {
-        let streamed = weft_worker::shard_stream::fetch_shard(&url, rank, 3)
+        let streamed = weft_worker::shard_stream::fetch_shard(&url, rank, 3, None)
             .await
             .expect("fetch");
         let local = read_shard(&ckpt, &plan, rank).expect("read");
@@ -100,7 +100,7 @@ async fn streamed_shards_equal_local_shards() {
         assert_eq!(streamed.digest(), local.digest());
     }
     // A request for a rank outside the group is refused.
-    assert!(weft_worker::shard_stream::fetch_shard(&url, 3, 3)
+    assert!(weft_worker::shard_stream::fetch_shard(&url, 3, 3, None)
         .await
         .is_err());
     server.abort();

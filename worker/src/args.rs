@@ -39,6 +39,12 @@ pub struct WorkerArgs {
     pub register_timeout_s: u64,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+    /// With TLS: the coordinator's certificate (PEM); only a client
+    /// presenting exactly this certificate may call this worker.
+    #[arg(long, env = "WEFT_COORDINATOR_CERT", requires = "tls_cert")]
+    pub coordinator_cert: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

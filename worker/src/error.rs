@@ -23,6 +23,8 @@ pub enum WorkerError {
     Rpc(#[from] tonic::Status),
     #[error("cannot reach the coordinator: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("engine thread is gone")]
     EngineGone,
     #[error("io error: {0}")]

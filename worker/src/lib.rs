@@ -14,6 +14,7 @@ pub mod gpu_check;
 pub mod process;
 pub mod service;
 pub mod shard_stream;
+pub mod tls;
 
 pub use args::WorkerArgs;
 pub use error::WorkerError;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use weft_model::checkpoint::Checkpoint;
 use weft_model::comm::{Communicator, SingleRank, TcpComm, TcpCommConfig};
@@ -18,6 +19,7 @@ use weft_proto::cluster::v1::worker_server::{Worker, WorkerServer};
 use crate::args::DeviceArgs;
 use crate::convert::config_from_proto;
 use crate::engine::{Backend, EngineConfig, EngineHandle};
+use crate::tls::{self, ClusterTls, PinnedPeer};
 use crate::{shard_stream, WorkerArgs, WorkerError};
 use weft_kernels::Device;
 
@@ -38,6 +40,8 @@ struct State {
     comm_listener: Mutex<Option<std::net::TcpListener>>,
     engine: Mutex<Option<EngineHandle>>,
     shutdown: Arc<Notify>,
+    /// Mutual TLS for calls to the coordinator (shard streaming).
+    tls: Option<ClusterTls>,
 }
 
 /// The `Worker` service of one rank.
@@ -55,6 +59,7 @@ impl WorkerService {
         args: &WorkerArgs,
         comm_listener: std::net::TcpListener,
         shutdown: Arc<Notify>,
+        tls: Option<ClusterTls>,
     ) -> Self {
         WorkerService {
             state: Arc::new(State {
@@ -66,6 +71,7 @@ impl WorkerService {
                 comm_listener: Mutex::new(Some(comm_listener)),
                 engine: Mutex::new(None),
                 shutdown,
+                tls,
             }),
         }
     }
@@ -169,7 +175,8 @@ impl WorkerService {
                 .map_err(|e| WorkerError::NotReady(format!("shard read task failed: {e}")))?
             }
             Ok(pb::ShardSource::Stream) => {
-                shard_stream::fetch_shard(&req.coordinator_addr, rank, world).await
+                let tls = self.state.tls.as_ref();
+                shard_stream::fetch_shard(&req.coordinator_addr, rank, world, tls).await
             }
             _ => Err(WorkerError::InvalidArgument("unknown shard source".into())),
         }
@@ -361,10 +368,33 @@ pub async fn run(
     let comm_listener = std::net::TcpListener::bind(args.comm_listen)?;
     let comm_addr = comm_listener.local_addr()?;
     let stop = Arc::new(Notify::new());
-    let service = WorkerService::new(&args, comm_listener, stop.clone());
+    let tls = ClusterTls::load(&args.tls)?;
+    let pin =
+        match (&tls, &args.coordinator_cert) {
+            (Some(_), Some(path)) => Some(PinnedPeer::new(tls::cert_der(path)?)),
+            (Some(_), None) => return Err(WorkerError::InvalidArgument(
+                "with TLS, --coordinator-cert names the only client allowed to call this worker"
+                    .into(),
+            )),
+            (None, _) => None,
+        };
+    let service = WorkerService::new(&args, comm_listener, stop.clone(), tls.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tonic::transport::Server::builder()
-        .add_service(WorkerServer::new(service).max_decoding_message_size(64 << 20))
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        builder = builder
+            .tls_config(t.server())
+            .map_err(|e| WorkerError::InvalidArgument(format!("TLS: {e}")))?;
+    }
+    let worker = InterceptedService::new(
+        WorkerServer::new(service).max_decoding_message_size(64 << 20),
+        move |req| match &pin {
+            Some(p) => p.check(req),
+            None => Ok(req),
+        },
+    );
+    let server = builder
+        .add_service(worker)
         .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {
                 _ = shutdown => {}
@@ -372,7 +402,7 @@ pub async fn run(
             }
         });
     let server = tokio::spawn(server);
-    register(&args, worker_addr, comm_addr).await?;
+    register(&args, worker_addr, comm_addr, tls.as_ref()).await?;
     tracing::info!(rank = args.rank, %worker_addr, %comm_addr, "registered with the coordinator");
     server
         .await
@@ -385,12 +415,13 @@ async fn register(
     args: &WorkerArgs,
     worker_addr: SocketAddr,
     comm_addr: SocketAddr,
+    tls: Option<&ClusterTls>,
 ) -> Result<(), WorkerError> {
     use pb::coordinator_client::CoordinatorClient;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.register_timeout_s);
     loop {
         let attempt = async {
-            let mut client = CoordinatorClient::connect(args.coordinator.clone()).await?;
+            let mut client = CoordinatorClient::new(tls::connect(&args.coordinator, tls).await?);
             client
                 .register(pb::RegisterRequest {
                     rank: args.rank,

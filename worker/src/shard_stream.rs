@@ -248,9 +248,11 @@ pub async fn fetch_shard(
     coordinator: &str,
     rank: usize,
     world_size: usize,
+    tls: Option<&crate::tls::ClusterTls>,
 ) -> Result<Shard, WorkerError> {
     use pb::coordinator_client::CoordinatorClient;
-    let mut client = CoordinatorClient::connect(coordinator.to_string()).await?;
+    let channel = crate::tls::connect(coordinator, tls).await?;
+    let mut client = CoordinatorClient::new(channel);
     let mut stream = client
         .fetch_shard(pb::FetchShardRequest {
             rank: rank as u32,

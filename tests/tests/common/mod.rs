@@ -229,7 +229,7 @@ pub async fn start_group(model: &Path, tp: usize, source: pb::ShardSource) -> Te
         .wait_complete(Duration::from_secs(60))
         .await
         .expect("workers registered");
-    let group = WorkerGroup::connect(&members)
+    let group = WorkerGroup::connect(&members, None)
         .await
         .expect("connect workers");
     let config = ckpt.config();
