@@ -48,18 +48,7 @@ done
 
 print_header
 for c in $CONCURRENCIES; do
-  port="$(free_port)"
-  if start_weft "$c" "$port"; then
-    load weft "$c" "grpc://127.0.0.1:$port"
-  fi
-  stop_server
-  weft_stats "$c"
-
-  port="$(free_port)"
-  if start_llama "$c" "$port"; then
-    load llama "$c" "http://127.0.0.1:$port"
-  fi
-  stop_server
+  serve_both "$c"
 done
 
 # shellcheck disable=SC2086 # one argument per concurrency

@@ -116,18 +116,7 @@ serving_concs="$TTFT_C"
 for c in $serving_concs; do
   echo
   echo "== serving, concurrency $c"
-  port="$(free_port)"
-  if start_weft "$c" "$port"; then
-    load weft "$c" "grpc://127.0.0.1:$port"
-  fi
-  stop_server
-  weft_stats "$c"
-
-  port="$(free_port)"
-  if start_llama "$c" "$port"; then
-    load llama "$c" "http://127.0.0.1:$port"
-  fi
-  stop_server
+  serve_both "$c"
 done
 
 python3 - "$OUT" "$THREADS" "$DECODE_TOKENS" "$PREFILL_TOKENS" "$THROUGHPUT_C" "$TTFT_C" <<'PY'

@@ -131,3 +131,21 @@ print_header() {
       "so the ratios below overstate weft" >&2
   fi
 }
+
+# serve_both C: weft then llama-server at concurrency C, each loaded by
+# weft-load (reports in $OUT/weft-cC.json and $OUT/llama-cC.json).
+serve_both() {
+  local c="$1" port
+  port="$(free_port)"
+  if start_weft "$c" "$port"; then
+    load weft "$c" "grpc://127.0.0.1:$port"
+  fi
+  stop_server
+  weft_stats "$c"
+
+  port="$(free_port)"
+  if start_llama "$c" "$port"; then
+    load llama "$c" "http://127.0.0.1:$port"
+  fi
+  stop_server
+}

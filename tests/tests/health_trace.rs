@@ -105,15 +105,10 @@ async fn generate_message(url: &str) -> (Code, String) {
 }
 
 async fn generate_code(url: &str) -> Result<(), Code> {
-    let mut c = GenerationClient::connect(url.to_string())
-        .await
-        .expect("connect");
-    let req = v1::GenerateRequest {
-        prompt: Some(v1::generate_request::Prompt::Text("Hello".into())),
-        max_tokens: 2,
-        ..Default::default()
-    };
-    c.generate(req).await.map(|_| ()).map_err(|e| e.code())
+    match generate_message(url).await {
+        (Code::Ok, _) => Ok(()),
+        (code, _) => Err(code),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,26 @@ fn cluster(extra: &[&str]) -> Cluster {
     Cluster::start(&args)
 }
 
+/// Records the undisturbed greedy outputs of the 12 built-in prompts
+/// (`tokens` each) into `dir`; returns the file's path.
+fn record(cluster: &Cluster, dir: &std::path::Path, tokens: &str) -> String {
+    let path = dir.join("expected.jsonl").display().to_string();
+    let (ok, _, err) = load(
+        cluster,
+        &[
+            "--max-tokens",
+            tokens,
+            "--requests",
+            "12",
+            "--record-expected",
+            &path,
+        ],
+        &dir.join("undisturbed.json"),
+    );
+    assert!(ok, "{err}");
+    path
+}
+
 /// The endings weft-load reports, as "relation/ending" strings.
 fn endings(fault: &Value) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -162,21 +182,8 @@ fn worker_group_heals_after_a_kill_and_after_a_stall() {
 /// output of an undisturbed run (checked token by token by weft-load).
 fn requests_resume_on_the_reformed_group(cluster: &Cluster) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let expected = dir.path().join("expected.jsonl");
-    let expected = expected.to_str().expect("utf-8");
-    let (ok, _, err) = load(
-        cluster,
-        &[
-            "--max-tokens",
-            "40",
-            "--requests",
-            "12",
-            "--record-expected",
-            expected,
-        ],
-        &dir.path().join("undisturbed.json"),
-    );
-    assert!(ok, "{err}");
+    let expected = record(cluster, dir.path(), "40");
+    let expected = expected.as_str();
     let workers = children_of(cluster.pid());
     let kill = format!("kill -KILL {}", workers[1]);
     let (ok, r, err) = load(
@@ -212,21 +219,8 @@ fn requests_resume_on_the_reformed_group(cluster: &Cluster) {
 
 fn killed_worker_group_heals_and_serves_the_same_outputs(cluster: &Cluster) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let expected = dir.path().join("expected.jsonl");
-    let expected = expected.to_str().expect("utf-8");
-    let (ok, _, err) = load(
-        cluster,
-        &[
-            "--max-tokens",
-            "8",
-            "--requests",
-            "12",
-            "--record-expected",
-            expected,
-        ],
-        &dir.path().join("before.json"),
-    );
-    assert!(ok, "{err}");
+    let expected = record(cluster, dir.path(), "8");
+    let expected = expected.as_str();
 
     let (r, outage) = run_with_fault(cluster, "KILL", dir.path());
     let took = recovered_after(&r);

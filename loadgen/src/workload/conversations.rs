@@ -34,11 +34,7 @@ pub fn shipped() -> Result<Vec<Item>, WorkloadError> {
 
 /// Reads and expands a conversation file.
 pub fn load(path: &std::path::Path) -> Result<Vec<Item>, WorkloadError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| WorkloadError::File {
-        path: name.clone(),
-        message: e.to_string(),
-    })?;
+    let (name, text) = super::read_dataset(path)?;
     parse(&name, &text)
 }
 

@@ -58,11 +58,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Item>, WorkloadError> {
 
 /// Reads and parses a JSONL file.
 pub fn load(path: &std::path::Path) -> Result<Vec<Item>, WorkloadError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| WorkloadError::File {
-        path: name.clone(),
-        message: e.to_string(),
-    })?;
+    let (name, text) = super::read_dataset(path)?;
     parse(&name, &text)
 }
 

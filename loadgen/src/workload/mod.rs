@@ -33,6 +33,16 @@ pub enum WorkloadError {
     Invalid(String),
 }
 
+/// Reads a dataset file; returns its name (for errors) and its text.
+fn read_dataset(path: &std::path::Path) -> Result<(String, String), WorkloadError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| WorkloadError::File {
+        path: name.clone(),
+        message: e.to_string(),
+    })?;
+    Ok((name, text))
+}
+
 /// The expected greedy output of an item (correctness mode).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expected {
