@@ -1,6 +1,6 @@
 //! Command-line configuration of `weft-worker`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser};
@@ -25,6 +25,11 @@ pub struct WorkerArgs {
     /// Address of this worker's collective (CPU all-reduce) listener.
     #[arg(long, env = "WEFT_COMM_LISTEN", default_value = "127.0.0.1:0")]
     pub comm_listen: SocketAddr,
+    /// Address registered with the coordinator for both listeners (with
+    /// their bound ports) instead of the bound ones, e.g. a pod's IP when
+    /// binding 0.0.0.0; required when a listener binds an unspecified address.
+    #[arg(long, env = "WEFT_ADVERTISE_HOST")]
+    pub advertise_host: Option<IpAddr>,
     /// Compute threads of this rank (0 = all cores).
     #[arg(long, env = "WEFT_THREADS", default_value_t = 0)]
     pub threads: usize,

@@ -1,7 +1,7 @@
 //! The worker's gRPC service (`weft.cluster.v1.Worker`) and its startup:
 //! bind, register with the coordinator, serve until shutdown.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -364,9 +364,9 @@ pub async fn run(
         WorkerError::InvalidArgument(format!("--device {}: {e}", args.device.device))
     })?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let worker_addr = listener.local_addr()?;
     let comm_listener = std::net::TcpListener::bind(args.comm_listen)?;
-    let comm_addr = comm_listener.local_addr()?;
+    let worker_addr = advertised(listener.local_addr()?, args.advertise_host)?;
+    let comm_addr = advertised(comm_listener.local_addr()?, args.advertise_host)?;
     let stop = Arc::new(Notify::new());
     let tls = ClusterTls::load(&args.tls)?;
     let pin =
@@ -411,6 +411,18 @@ pub async fn run(
     Ok(())
 }
 
+/// The address peers are told for a bound listener: `--advertise-host` with
+/// the bound port, or the bound address itself when that is a real one.
+fn advertised(bound: SocketAddr, host: Option<IpAddr>) -> Result<SocketAddr, WorkerError> {
+    match host {
+        Some(ip) => Ok(SocketAddr::new(ip, bound.port())),
+        None if bound.ip().is_unspecified() => Err(WorkerError::InvalidArgument(format!(
+            "listening on {bound}, which no peer can dial: give --advertise-host"
+        ))),
+        None => Ok(bound),
+    }
+}
+
 async fn register(
     args: &WorkerArgs,
     worker_addr: SocketAddr,
@@ -446,5 +458,27 @@ async fn register(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_address() {
+        let any: SocketAddr = "0.0.0.0:50061".parse().unwrap();
+        let pod: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            advertised(any, Some(pod)).unwrap(),
+            "10.1.2.3:50061".parse().unwrap()
+        );
+        assert!(matches!(
+            advertised(any, None),
+            Err(WorkerError::InvalidArgument(_))
+        ));
+        assert!(advertised("[::]:7".parse().unwrap(), None).is_err());
+        let lo: SocketAddr = "127.0.0.1:7".parse().unwrap();
+        assert_eq!(advertised(lo, None).unwrap(), lo);
     }
 }
