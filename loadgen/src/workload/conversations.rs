@@ -41,23 +41,15 @@ pub fn load(path: &std::path::Path) -> Result<Vec<Item>, WorkloadError> {
 /// One item per assistant turn of every conversation in `text`.
 pub fn parse(path: &str, text: &str) -> Result<Vec<Item>, WorkloadError> {
     let mut items = Vec::new();
-    for (n, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let err = |message: String| WorkloadError::Line {
-            path: path.to_string(),
-            line: n + 1,
-            message,
-        };
-        let conv: Conversation = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
-        check_turns(&conv.messages).map_err(err)?;
+    super::for_each_line(path, text, |conv: Conversation| {
+        check_turns(&conv.messages)?;
         for (i, m) in conv.messages.iter().enumerate() {
             if m.role == Role::Assistant {
                 items.push(Item::new(Prompt::Chat(conv.messages[..i].to_vec())));
             }
         }
-    }
+        Ok(())
+    })?;
     if items.is_empty() {
         return Err(WorkloadError::File {
             path: path.to_string(),

@@ -35,18 +35,10 @@ struct Line {
 /// Parses a JSONL file's text; `path` names it in errors.
 pub fn parse(path: &str, text: &str) -> Result<Vec<Item>, WorkloadError> {
     let mut items = Vec::new();
-    for (n, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let err = |message: String| WorkloadError::Line {
-            path: path.to_string(),
-            line: n + 1,
-            message,
-        };
-        let line: Line = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
-        items.push(item(line).map_err(err)?);
-    }
+    super::for_each_line(path, text, |line: Line| {
+        items.push(item(line)?);
+        Ok(())
+    })?;
     if items.is_empty() {
         return Err(WorkloadError::File {
             path: path.to_string(),

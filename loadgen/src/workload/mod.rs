@@ -43,6 +43,29 @@ fn read_dataset(path: &std::path::Path) -> Result<(String, String), WorkloadErro
     Ok((name, text))
 }
 
+/// Parses each non-blank line of a JSONL text as a `T` and hands it to
+/// `f`; a line that does not parse, or that `f` refuses, is an error
+/// naming the file and the line.
+fn for_each_line<T: serde::de::DeserializeOwned>(
+    path: &str,
+    text: &str,
+    mut f: impl FnMut(T) -> Result<(), String>,
+) -> Result<(), WorkloadError> {
+    for (n, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let err = |message: String| WorkloadError::Line {
+            path: path.to_string(),
+            line: n + 1,
+            message,
+        };
+        let value: T = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
+        f(value).map_err(err)?;
+    }
+    Ok(())
+}
+
 /// The expected greedy output of an item (correctness mode).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expected {
