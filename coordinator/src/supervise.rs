@@ -63,7 +63,9 @@ impl Supervisor<'_> {
     /// Re-forms the group, retrying until it serves.
     async fn reform(&mut self, failed: WorkerGroup, why: &str) -> WorkerGroup {
         let mut stale = Some(failed);
-        for attempt in 1u64.. {
+        let mut attempt = 0u64;
+        loop {
+            attempt += 1;
             self.health
                 .set_not_serving(format!("re-forming the worker group after: {why}"));
             if let Some(g) = stale.take() {
@@ -89,7 +91,6 @@ impl Supervisor<'_> {
                 }
             }
         }
-        unreachable!("the attempts never run out")
     }
 
     /// One attempt: register, load, hand the group to the scheduler, canary.
