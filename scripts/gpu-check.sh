@@ -24,7 +24,7 @@ BIN_DIR="$ROOT/.gpu-bin"
 build() {
     cargo build --release --features cuda -p weft-worker --bin weft-gpu-check
     mkdir -p "$BIN_DIR"
-    cp target/release/weft-gpu-check "$BIN_DIR/"
+    cp "${CARGO_TARGET_DIR:-target}/release/weft-gpu-check" "$BIN_DIR/"
     strip "$BIN_DIR/weft-gpu-check" 2>/dev/null || true
     du -h "$BIN_DIR"/*
     echo "ready: carry .gpu-bin and run 'scripts/gpu-check.sh run' on the device machine"

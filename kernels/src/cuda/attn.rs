@@ -9,6 +9,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
+use super::attn_gemm::{prefill_gemm_seqs, GEMM_MIN_TOKENS, SCORE_ELEMS};
 use super::batch::PagedBatch;
 use super::device::CudaBackend;
 use super::error::{check_len, mul, to_i32, CudaError};
@@ -19,7 +20,7 @@ use super::tensor::DeviceBuffer;
 /// The largest head dimension of the attention kernels.
 pub const ATTENTION_MAX_HEAD_DIM: usize = 256;
 /// Positions per split-K partition of the decode kernel (`DEC_PART` in the source).
-pub(crate) const DEC_PART: usize = 256;
+pub(crate) const DEC_PART: usize = 32;
 /// Query heads per decode block (`DEC_GMAX`).
 pub(crate) const DEC_GMAX: usize = 8;
 /// Rows per prefill block (`PF_BQ`).
@@ -199,10 +200,28 @@ pub fn paged_attention(
     out: &mut DeviceBuffer<bf16>,
 ) -> Result<(), CudaError> {
     if batch.is_decode() {
-        paged_attention_decode(b, q, cache, batch, n_heads, out)
-    } else {
-        paged_attention_prefill(b, q, cache, batch, n_heads, out)
+        return paged_attention_decode(b, q, cache, batch, n_heads, out);
     }
+    let long: Vec<usize> = (0..batch.num_seqs)
+        .filter(|&i| batch.spans[i][1] as usize >= GEMM_MIN_TOKENS)
+        .collect();
+    if long.is_empty() {
+        return paged_attention_prefill(b, q, cache, batch, n_heads, out);
+    }
+    prefill_gemm_seqs(b, q, cache, batch, n_heads, (&long, SCORE_ELEMS), out)?;
+    // The others through the tiled kernel, the long ones masked out (no tokens).
+    let mut info = Vec::with_capacity(3 * batch.num_seqs);
+    let mut max_tokens = 0;
+    for (i, span) in batch.spans.iter().enumerate() {
+        let n = if long.contains(&i) { 0 } else { span[1] };
+        max_tokens = max_tokens.max(n as usize);
+        info.extend([span[0], n, span[2]]);
+    }
+    if max_tokens == 0 {
+        return Ok(());
+    }
+    let info = DeviceBuffer::from_slice(b, &info)?;
+    prefill_tiled(b, q, cache, batch, (n_heads, &info, max_tokens), out)
 }
 
 /// The decode path of [`paged_attention`] (every sequence has exactly one new token):
@@ -321,12 +340,33 @@ pub fn paged_attention_prefill(
     n_heads: usize,
     out: &mut DeviceBuffer<bf16>,
 ) -> Result<(), CudaError> {
+    prefill_tiled(
+        b,
+        q,
+        cache,
+        batch,
+        (n_heads, &batch.seq_info, batch.max_tokens),
+        out,
+    )
+}
+
+/// The tiled kernel over the sequences of `seq_info` (the batch's, or a copy where some
+/// have no tokens); `max_tokens` is the most tokens of one of them.
+fn prefill_tiled(
+    b: &CudaBackend,
+    q: &DeviceBuffer<bf16>,
+    cache: &PagedKvCache,
+    batch: &PagedBatch,
+    (n_heads, seq_info, max_tokens): (usize, &DeviceBuffer<i32>, usize),
+    out: &mut DeviceBuffer<bf16>,
+) -> Result<(), CudaError> {
     const OP: &str = "paged_attention_prefill";
     let (heads_i, group) = attention_shape(OP, q, out, cache, batch, n_heads)?;
+    check_len(OP, 3 * batch.num_seqs, seq_info.len())?;
     if batch.total_tokens == 0 {
         return Ok(());
     }
-    let rows = mul(OP, batch.max_tokens, group)?;
+    let rows = mul(OP, max_tokens, group)?;
     to_i32("rows of one sequence (tokens x group)", rows)?;
     let x = rows.div_ceil(PF_BQ);
     if cache.n_kv_heads > GRID_YZ_MAX || batch.num_seqs > GRID_YZ_MAX || x > i32::MAX as usize {
@@ -339,7 +379,7 @@ pub fn paged_attention_prefill(
         .arg(cache.k.slice())
         .arg(cache.v.slice())
         .arg(batch.tables.slice())
-        .arg(batch.seq_info.slice())
+        .arg(seq_info.slice())
         .arg(out.slice_mut())
         .arg(&heads_i)
         .arg(&g.kv_heads)
@@ -349,14 +389,19 @@ pub fn paged_attention_prefill(
         .arg(&g.max_blocks)
         .arg(&g.scale);
     let cfg = LaunchConfig {
-        grid_dim: (x as u32, cache.n_kv_heads as u32, batch.num_seqs as u32),
+        grid_dim: (
+            x.max(1) as u32,
+            cache.n_kv_heads as u32,
+            batch.num_seqs as u32,
+        ),
         block_dim: (ATT_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: arguments match `weft_paged_prefill` in order and type; q and out hold
-    // total_tokens*n_heads*head_dim elements and seq_info's rows partition them
-    // (PagedBatch); tables hold num_seqs*max_blocks entries; head_dim is even and <= 256;
-    // the grid is within limits (checked above).
+    // total_tokens*n_heads*head_dim elements and seq_info's rows (3 per sequence,
+    // checked) lie inside them (a copy of the batch's with some counts zeroed); tables
+    // hold num_seqs*max_blocks entries; head_dim is even and <= 256; the grid is within
+    // limits (checked above).
     unsafe { l.launch(cfg) }?;
     Ok(())
 }

@@ -120,6 +120,8 @@ pub struct PagedBatch {
     pub(crate) ctx_lens: DeviceBuffer<i32>,
     pub(crate) seq_info: DeviceBuffer<i32>,
     pub(crate) slots: DeviceBuffer<i64>,
+    /// `seq_info` on the host: (first row, n_tokens, start_pos) per sequence.
+    pub(crate) spans: Vec<[i32; 3]>,
 }
 
 impl PagedBatch {
@@ -145,6 +147,11 @@ impl PagedBatch {
             ctx_lens: DeviceBuffer::from_slice(b, &plan.ctx_lens)?,
             seq_info: DeviceBuffer::from_slice(b, &plan.seq_info)?,
             slots: DeviceBuffer::from_slice(b, &plan.slots)?,
+            spans: plan
+                .seq_info
+                .chunks_exact(3)
+                .map(|c| [c[0], c[1], c[2]])
+                .collect(),
         })
     }
 

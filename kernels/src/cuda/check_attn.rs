@@ -174,13 +174,23 @@ pub(crate) fn paged_write(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult,
     Ok(merge("paged_write", rk, rv))
 }
 
+/// Which attention entry point a check calls.
+#[derive(Clone, Copy)]
+enum Path {
+    Decode,
+    Tiled,
+    Gemm,
+    /// `paged_attention`, which picks per batch and per sequence.
+    Dispatch,
+}
+
 fn attention_check(
     b: &CudaBackend,
     rng: &mut Rng,
     name: &str,
     seqs: &[(usize, usize)],
     shape: AttentionShape,
-    decode: bool,
+    path: Path,
 ) -> Result<CheckResult, CudaError> {
     let bs = 16;
     let pool = TestPool::new(rng, seqs, bs, shape.n_kv_heads * shape.head_dim);
@@ -191,10 +201,27 @@ fn attention_check(
     let batch = pool.batch(b, seqs)?;
     let dq = DeviceBuffer::from_f32(b, &q)?;
     let mut out = DeviceBuffer::filled(b, q.len(), bf16::NAN)?;
-    if decode {
-        attn::paged_attention_decode(b, &dq, &cache, &batch, shape.n_heads, &mut out)?;
-    } else {
-        attn::paged_attention_prefill(b, &dq, &cache, &batch, shape.n_heads, &mut out)?;
+    match path {
+        Path::Decode => {
+            attn::paged_attention_decode(b, &dq, &cache, &batch, shape.n_heads, &mut out)?
+        }
+        Path::Tiled => {
+            attn::paged_attention_prefill(b, &dq, &cache, &batch, shape.n_heads, &mut out)?
+        }
+        Path::Gemm => {
+            // A small score budget: the long sequence goes through in many chunks.
+            let all: Vec<usize> = (0..seqs.len()).collect();
+            super::attn_gemm::prefill_gemm_seqs(
+                b,
+                &dq,
+                &cache,
+                &batch,
+                shape.n_heads,
+                (&all, 1 << 20),
+                &mut out,
+            )?
+        }
+        Path::Dispatch => attn::paged_attention(b, &dq, &cache, &batch, shape.n_heads, &mut out)?,
     }
     let detail = format!(
         "heads {}/{} kv, head_dim {}, block {bs}, (start, tokens) {seqs:?}",
@@ -213,7 +240,7 @@ pub(crate) fn decode(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, Cuda
         n_kv_heads: 8,
         head_dim: 128,
     };
-    attention_check(b, rng, "paged_attention_decode", &seqs, shape, true)
+    attention_check(b, rng, "paged_attention_decode", &seqs, shape, Path::Decode)
 }
 
 pub(crate) fn decode_gqa16(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
@@ -223,7 +250,14 @@ pub(crate) fn decode_gqa16(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult
         n_kv_heads: 2,
         head_dim: 64,
     };
-    attention_check(b, rng, "paged_attention_decode_gqa16", &seqs, shape, true)
+    attention_check(
+        b,
+        rng,
+        "paged_attention_decode_gqa16",
+        &seqs,
+        shape,
+        Path::Decode,
+    )
 }
 
 pub(crate) fn prefill(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
@@ -233,7 +267,45 @@ pub(crate) fn prefill(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, Cud
         n_kv_heads: 4,
         head_dim: 128,
     };
-    attention_check(b, rng, "paged_attention_prefill", &seqs, shape, false)
+    attention_check(b, rng, "paged_attention_prefill", &seqs, shape, Path::Tiled)
+}
+
+/// Every sequence through the cuBLAS path: fresh prompts, a cached prefix, one token;
+/// the 700-token prompt in chunks of 46 query rows.
+pub(crate) fn prefill_gemm(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
+    let seqs = [(0usize, 700usize), (100, 70), (7, 1), (0, 64)];
+    let shape = AttentionShape {
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 128,
+    };
+    attention_check(
+        b,
+        rng,
+        "paged_attention_prefill_gemm",
+        &seqs,
+        shape,
+        Path::Gemm,
+    )
+}
+
+/// `paged_attention` on a mixed batch: long sequences through cuBLAS, the rest through
+/// the tiled kernel with the long ones masked out.
+pub(crate) fn prefill_mixed(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
+    let seqs = [(0usize, 200usize), (50, 3), (10, 80), (5, 1)];
+    let shape = AttentionShape {
+        n_heads: 12,
+        n_kv_heads: 4,
+        head_dim: 64,
+    };
+    attention_check(
+        b,
+        rng,
+        "paged_attention_mixed",
+        &seqs,
+        shape,
+        Path::Dispatch,
+    )
 }
 
 #[cfg(test)]

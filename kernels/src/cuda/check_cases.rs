@@ -51,8 +51,20 @@ pub(crate) fn embedding(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, C
     Ok(compare("embedding", &out.to_f32(b)?, &want, detail))
 }
 
+/// The vectorized path (d a multiple of 8) and the scalar one.
 pub(crate) fn rms_norm(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
-    let (rows, d, eps) = (17usize, 2880usize, 1e-5f32);
+    let vectorized = rms_norm_case(b, rng, 17, 2880)?;
+    let scalar = rms_norm_case(b, rng, 5, 1001)?;
+    Ok(super::check::merge("rms_norm", vectorized, scalar))
+}
+
+fn rms_norm_case(
+    b: &CudaBackend,
+    rng: &mut Rng,
+    rows: usize,
+    d: usize,
+) -> Result<CheckResult, CudaError> {
+    let eps = 1e-5f32;
     let x = rng.bf16_vec(rows * d, -2.0, 2.0);
     let w = rng.bf16_vec(d, 0.5, 1.5);
     let mut want = vec![0f32; rows * d];
@@ -124,6 +136,76 @@ fn rope_check(b: &CudaBackend, rng: &mut Rng, style: RopeStyle) -> Result<CheckR
     Ok(compare(name, &dx.to_f32(b)?, &x, detail))
 }
 
+/// The fused split + rotary against the split and the CPU rotary of Q and K.
+pub(crate) fn qkv_rope(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
+    let (n, heads, kvh, hd) = (13usize, 12usize, 4usize, 64usize);
+    let (qw, kvw) = (heads * hd, kvh * hd);
+    let qkv = rng.bf16_vec(n * (qw + 2 * kvw), -1.0, 1.0);
+    let positions: Vec<u32> = (0..n).map(|_| rng.below(131_072) as u32).collect();
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| (1.0 / 10_000f64.powf(2.0 * i as f64 / hd as f64)) as f32)
+        .collect();
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for row in qkv.chunks_exact(qw + 2 * kvw) {
+        q.extend_from_slice(&row[..qw]);
+        k.extend_from_slice(&row[qw..qw + kvw]);
+        v.extend_from_slice(&row[qw + kvw..]);
+    }
+    let style = RopeStyle::Half;
+    crate::rope(&mut q, n, heads, hd, &positions, &inv_freq, style).map_err(cpu)?;
+    crate::rope(&mut k, n, kvh, hd, &positions, &inv_freq, style).map_err(cpu)?;
+    let dqkv = DeviceBuffer::from_f32(b, &qkv)?;
+    let dpos = DeviceBuffer::from_slice(b, &positions)?;
+    let dinv = DeviceBuffer::from_slice(b, &inv_freq)?;
+    let mut dq = DeviceBuffer::filled(b, q.len(), bf16::NAN)?;
+    let mut dk = DeviceBuffer::filled(b, k.len(), bf16::NAN)?;
+    let mut dv = DeviceBuffer::filled(b, v.len(), bf16::NAN)?;
+    let shape = crate::cuda::ops_fused::QkvShape {
+        n_heads: heads,
+        kv_heads: kvh,
+        head_dim: hd,
+    };
+    crate::cuda::ops_fused::qkv_rope(
+        b,
+        &dqkv,
+        shape,
+        (&dpos, &dinv, style),
+        (&mut dq, &mut dk, &mut dv),
+    )?;
+    let detail = format!("[{n}x({heads}+2x{kvh})x{hd}]");
+    let rq = compare("qkv_rope", &dq.to_f32(b)?, &q, format!("q {detail}"));
+    let rk = compare("qkv_rope", &dk.to_f32(b)?, &k, "k".into());
+    let rv = compare("qkv_rope", &dv.to_f32(b)?, &v, "v".into());
+    Ok(super::check::merge(
+        "qkv_rope",
+        super::check::merge("qkv_rope", rq, rk),
+        rv,
+    ))
+}
+
+/// The device's seeded fill against the same counter-based generator on the host.
+pub(crate) fn fill_random(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
+    let (n, key, scale, offset) = (100_003usize, rng.below(1 << 30) as u64, 0.02f32, 0.5f32);
+    let want: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i + 1));
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 * (1.0 / 8_388_608.0) - 1.0;
+            bf16::from_f32(offset + scale * u).to_f32()
+        })
+        .collect();
+    let mut out = DeviceBuffer::filled(b, n, bf16::NAN)?;
+    crate::cuda::ops_fused::fill_random(b, &mut out, key, scale, offset)?;
+    Ok(compare(
+        "fill_random",
+        &out.to_f32(b)?,
+        &want,
+        format!("{n} values, key {key}"),
+    ))
+}
+
 pub(crate) fn rope_half(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
     rope_check(b, rng, RopeStyle::Half)
 }
@@ -133,7 +215,8 @@ pub(crate) fn rope_interleaved(b: &CudaBackend, rng: &mut Rng) -> Result<CheckRe
 }
 
 pub(crate) fn silu_mul(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
-    let n = 9 * 11008;
+    // Odd: the scalar path (the fused check below takes the bf16-pair path).
+    let n = 9 * 11008 + 1;
     let mut gate = rng.bf16_vec(n, -6.0, 6.0);
     let up = rng.bf16_vec(n, -2.0, 2.0);
     let (dg, du) = (

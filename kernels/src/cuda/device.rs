@@ -72,6 +72,8 @@ pub struct CudaBackend {
     blas: Mutex<CudaBlas>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
+    /// The step profile being recorded, if any (see `profile.rs`).
+    pub(crate) profile: Mutex<Option<crate::cuda::profile::Profile>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -182,6 +184,27 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
     })
 }
 
+/// Lets the device's default memory pool keep what stream-ordered frees
+/// return (release threshold: unlimited), so the per-step allocations of
+/// the forward pass are served from the pool instead of being mapped and
+/// unmapped again around every synchronization.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<(), CudaError> {
+    use cudarc::driver::sys::{cuMemPoolSetAttribute, CUmemPool_attribute};
+    let mut threshold = u64::MAX;
+    // SAFETY: the device comes from a live context; the attribute takes a
+    // pointer to a u64 that lives across the call.
+    unsafe {
+        let pool = cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device())?;
+        cuMemPoolSetAttribute(
+            pool,
+            CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()?;
+    }
+    Ok(())
+}
+
 impl CudaBackend {
     /// Opens device `cfg.ordinal`. Fails with a typed error (never a panic) when the driver,
     /// the device, NVRTC or cuBLAS is missing.
@@ -200,6 +223,7 @@ impl CudaBackend {
             // Callers that use the backend's buffers on another stream must synchronize
             // themselves (see `CudaBackend::stream`).
             unsafe { ctx.disable_event_tracking() };
+            keep_pool_memory(&ctx)?;
             let stream = ctx.new_stream()?;
             let blas = CudaBlas::new(stream.clone())?;
             let nvrtc = nvrtc_version()?;
@@ -214,6 +238,7 @@ impl CudaBackend {
                 blas: Mutex::new(blas),
                 stream,
                 ctx,
+                profile: Mutex::new(None),
             })
         })
     }

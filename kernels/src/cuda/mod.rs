@@ -17,6 +17,7 @@
 //! [`crate::KernelError`] (`Shape` as `InvalidArgument`, the rest as `CudaUnavailable`).
 
 pub mod attn;
+mod attn_gemm;
 mod batch;
 pub mod check;
 mod check_attn;
@@ -26,11 +27,14 @@ mod error;
 mod gemm;
 mod nvrtc;
 pub mod ops;
+pub mod ops_fused;
+mod profile;
 mod source;
 mod source_attn;
 mod tensor;
 
 pub use attn::PagedKvCache;
+pub use attn_gemm::paged_attention_prefill_gemm;
 pub use batch::{PagedBatch, SeqSpec};
 pub use check::{copy_bandwidth, gemm_tflops, run_kernel_checks, CheckResult};
 pub use device::{
@@ -38,4 +42,5 @@ pub use device::{
 };
 pub use error::CudaError;
 pub use gemm::{matmul_bf16, GemmOut};
+pub use profile::ProfileTotals;
 pub use tensor::{DeviceBuffer, DeviceElem};

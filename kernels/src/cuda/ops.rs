@@ -17,6 +17,8 @@ use crate::RopeStyle;
 
 /// Threads per block of the row kernels.
 pub(crate) const ROW_THREADS: u32 = 256;
+/// Threads per block of the argmax kernel (one block per logits row).
+const ARGMAX_THREADS: u32 = 1024;
 /// Threads per block of the top-k kernel.
 const TOPK_THREADS: u32 = 128;
 /// The largest `k` of [`topk_logprobs`].
@@ -300,7 +302,31 @@ pub fn argmax_logprob(
     ids: &mut DeviceBuffer<u32>,
     logprobs: &mut DeviceBuffer<f32>,
 ) -> Result<(), CudaError> {
-    topk_launch(b, logits, vocab, 1, 0, ids, logprobs)
+    const OP: &str = "argmax_logprob";
+    if vocab == 0 || !logits.len().is_multiple_of(vocab) {
+        return Err(CudaError::Shape(format!(
+            "{OP}: logits length {} is not a multiple of vocab {vocab}",
+            logits.len()
+        )));
+    }
+    let rows = logits.len() / vocab;
+    check_len("argmax_logprob: ids", rows, ids.len())?;
+    check_len("argmax_logprob: logprobs", rows, logprobs.len())?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let (rows_i, vocab_i) = (to_i32("rows", rows)?, to_i32("vocab", vocab)?);
+    let f = b.function(names::ARGMAX_LOGPROB)?;
+    let mut l = b.stream().launch_builder(&f);
+    l.arg(logits.slice())
+        .arg(&rows_i)
+        .arg(&vocab_i)
+        .arg(ids.slice_mut())
+        .arg(logprobs.slice_mut());
+    // SAFETY: arguments match `weft_argmax_logprob(const float*, int, int, u32*, float*)`;
+    // logits hold rows*vocab values, ids and logprobs rows each (checked above).
+    unsafe { l.launch(per_item(rows, ARGMAX_THREADS)?) }?;
+    Ok(())
 }
 
 /// For each row of `logits` (`[rows, vocab]`): the `k <= 20` most likely tokens (larger

@@ -109,6 +109,39 @@ extern "C" __global__ void weft_embedding(const bf16_t* __restrict__ table,
     }
 }
 
+/* Vectorized norms: a row of d (d % 8 == 0, d <= 8 * NORM_CHUNKS * blockDim.x) is read
+   as 16-byte words of 8 bf16, every load of a thread issued before its first store, and
+   kept in registers between the two passes. Row starts are 16-byte aligned because the
+   buffers are (allocations are 256-byte aligned) and d % 8 == 0. */
+#define NORM_CHUNKS 8
+
+__device__ __forceinline__ bool norm_vectorized(int d) {
+    return (d & 7) == 0 && d / 8 <= NORM_CHUNKS * (int)blockDim.x;
+}
+
+/* a + b per bf16 pair, rounded to bf16 (as the scalar path), adding the squares of the
+   rounded sums to *ss. */
+__device__ __forceinline__ u32 add_pair(u32 a, u32 b, float* ss) {
+    const u32 p = bf_pack(bf_lo(b) + bf_lo(a), bf_hi(b) + bf_hi(a));
+    const float lo = bf_lo(p), hi = bf_hi(p);
+    *ss += lo * lo + hi * hi;
+    return p;
+}
+
+__device__ __forceinline__ float sq_pair(u32 a) {
+    const float lo = bf_lo(a), hi = bf_hi(a);
+    return lo * lo + hi * hi;
+}
+
+__device__ __forceinline__ u32 scale_pair(u32 v, u32 w, float scale) {
+    return bf_pack(bf_lo(v) * scale * bf_lo(w), bf_hi(v) * scale * bf_hi(w));
+}
+
+__device__ __forceinline__ uint4 scale8(uint4 v, uint4 w, float scale) {
+    return make_uint4(scale_pair(v.x, w.x, scale), scale_pair(v.y, w.y, scale),
+                      scale_pair(v.z, w.z, scale), scale_pair(v.w, w.w, scale));
+}
+
 /* out = x / sqrt(mean(x^2) + eps) * w per row of d. grid (rows), block multiple of 32. */
 extern "C" __global__ void weft_rms_norm(const bf16_t* x, const bf16_t* __restrict__ w,
                                          bf16_t* out, int rows, int d, float eps) {
@@ -118,6 +151,26 @@ extern "C" __global__ void weft_rms_norm(const bf16_t* x, const bf16_t* __restri
     const bf16_t* xr = x + (size_t)r * d;
     bf16_t* orow = out + (size_t)r * d;
     float ss = 0.0f;
+    if (norm_vectorized(d)) {
+        const int nv = d / 8;
+        uint4 xv[NORM_CHUNKS];
+#pragma unroll
+        for (int c = 0; c < NORM_CHUNKS; c++) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < nv) {
+                xv[c] = ((const uint4*)xr)[i];
+                ss += sq_pair(xv[c].x) + sq_pair(xv[c].y) + sq_pair(xv[c].z) + sq_pair(xv[c].w);
+            }
+        }
+        ss = block_sum(ss, red);
+        const float scale = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma unroll
+        for (int c = 0; c < NORM_CHUNKS; c++) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < nv) ((uint4*)orow)[i] = scale8(xv[c], ((const uint4*)w)[i], scale);
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const float v = bf2f(xr[i]);
         ss += v * v;
@@ -141,6 +194,33 @@ extern "C" __global__ void weft_add_rms_norm(const bf16_t* x, bf16_t* residual,
     bf16_t* res = residual + (size_t)r * d;
     bf16_t* orow = out + (size_t)r * d;
     float ss = 0.0f;
+    if (norm_vectorized(d)) {
+        const int nv = d / 8;
+        uint4 rv[NORM_CHUNKS];
+#pragma unroll
+        for (int c = 0; c < NORM_CHUNKS; c++) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < nv) {
+                const uint4 a = ((const uint4*)xr)[i];
+                const uint4 b = ((const uint4*)res)[i];
+                rv[c] = make_uint4(add_pair(a.x, b.x, &ss), add_pair(a.y, b.y, &ss),
+                                   add_pair(a.z, b.z, &ss), add_pair(a.w, b.w, &ss));
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < NORM_CHUNKS; c++) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < nv) ((uint4*)res)[i] = rv[c];
+        }
+        ss = block_sum(ss, red);
+        const float scale = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma unroll
+        for (int c = 0; c < NORM_CHUNKS; c++) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < nv) ((uint4*)orow)[i] = scale8(rv[c], ((const uint4*)w)[i], scale);
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const bf16_t s = f2bf(bf2f(res[i]) + bf2f(xr[i]));
         res[i] = s;
@@ -186,18 +266,96 @@ extern "C" __global__ void weft_rope(bf16_t* x, const u32* __restrict__ pos,
     }
 }
 
+/* The fused split + rotary of a merged Q/K/V projection: qkv [n_tokens, (n_heads + 2 *
+   kv_heads) * head_dim] (the Q, K and V columns of each row in that order) into q
+   [n_tokens, n_heads, head_dim] and k, v [n_tokens, kv_heads, head_dim], q and k rotated
+   as weft_rope does. grid (n_tokens), block multiple of 32; head_dim/2 <= ROPE_MAX_HALF. */
+extern "C" __global__ void weft_qkv_rope(const bf16_t* __restrict__ qkv,
+                                         const u32* __restrict__ pos,
+                                         const float* __restrict__ inv_freq,
+                                         bf16_t* __restrict__ q, bf16_t* __restrict__ k,
+                                         bf16_t* __restrict__ v, int n_tokens, int n_heads,
+                                         int kv_heads, int head_dim, int interleaved) {
+    __shared__ float cs[2 * ROPE_MAX_HALF];
+    const int t = blockIdx.x;
+    const int half = head_dim / 2;
+    if (t >= n_tokens || half > ROPE_MAX_HALF) return;
+    const double p = (double)pos[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double s, c;
+        sincos(p * (double)inv_freq[i], &s, &c);
+        cs[2 * i] = (float)c;
+        cs[2 * i + 1] = (float)s;
+    }
+    __syncthreads();
+    const size_t qw = (size_t)n_heads * head_dim, kvw = (size_t)kv_heads * head_dim;
+    const bf16_t* row = qkv + (size_t)t * (qw + 2 * kvw);
+    const int rot_heads = n_heads + kv_heads;
+    for (int idx = threadIdx.x; idx < rot_heads * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx - h * half;
+        const int ia = interleaved ? 2 * i : i;
+        const int ib = interleaved ? 2 * i + 1 : i + half;
+        const bf16_t* src = row + (size_t)h * head_dim;
+        bf16_t* dst = h < n_heads ? q + (size_t)t * qw + (size_t)h * head_dim
+                                  : k + (size_t)t * kvw + (size_t)(h - n_heads) * head_dim;
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const float a = bf2f(src[ia]), b = bf2f(src[ib]);
+        dst[ia] = f2bf(a * c - b * s);
+        dst[ib] = f2bf(a * s + b * c);
+    }
+    const bf16_t* vs = row + qw + kvw;
+    bf16_t* vd = v + (size_t)t * kvw;
+    for (int i = threadIdx.x; i < (int)kvw; i += blockDim.x) vd[i] = vs[i];
+}
+
+/* Seeded random bf16 values without files: out[i] = offset + scale * u_i, u_i uniform in
+   [-1, 1) from splitmix64(key + i). 1-D grid-stride loop. */
+extern "C" __global__ void weft_fill_random(bf16_t* __restrict__ out, long long n,
+                                            unsigned long long key, float scale,
+                                            float offset) {
+    const size_t step = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)n; i += step) {
+        unsigned long long z = key + 0x9e3779b97f4a7c15ull * (unsigned long long)(i + 1);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        const float u = (float)(z >> 40) * (1.0f / 8388608.0f) - 1.0f;
+        out[i] = f2bf(offset + scale * u);
+    }
+}
+
+__device__ __forceinline__ float silu_times(float g, float u) {
+    return g / (1.0f + expf(-g)) * u;
+}
+
 /* out[r, i] = silu(gate[r*stride + i]) * up[r*stride + i] for r < rows, i < d.
-   1-D grid-stride loop. */
+   1-D grid-stride loop; bf16 pairs (32-bit words, 32-bit index arithmetic) when d and
+   stride are even, the inputs 4-byte aligned and the pairs fit in 32 bits. */
 extern "C" __global__ void weft_silu_mul(const bf16_t* gate, const bf16_t* up,
                                          bf16_t* __restrict__ out, int rows, int d,
                                          int stride) {
-    const size_t n = (size_t)rows * (size_t)d;
     const size_t step = (size_t)gridDim.x * blockDim.x;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += step) {
+    const size_t first = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t pairs = (size_t)rows * (size_t)(d / 2);
+    if ((d & 1) == 0 && (stride & 1) == 0 && ((size_t)gate & 3) == 0 &&
+        ((size_t)up & 3) == 0 && pairs <= 0xffffffffull && step <= 0xffffffffull) {
+        const u32 hp = (u32)d / 2, hs = (u32)stride / 2, n = (u32)pairs;
+        const u32* g32 = (const u32*)gate;
+        const u32* u32p = (const u32*)up;
+        u32* o32 = (u32*)out;
+        for (u32 idx = (u32)first; idx < n; idx += (u32)step) {
+            const u32 r = idx / hp, i = idx - r * hp;
+            const u32 g = g32[(size_t)r * hs + i], u = u32p[(size_t)r * hs + i];
+            o32[idx] = bf_pack(silu_times(bf_lo(g), bf_lo(u)), silu_times(bf_hi(g), bf_hi(u)));
+        }
+        return;
+    }
+    const size_t n = (size_t)rows * (size_t)d;
+    for (size_t idx = first; idx < n; idx += step) {
         const size_t r = idx / (size_t)d, i = idx - r * (size_t)d;
         const float g = bf2f(gate[r * (size_t)stride + i]);
         const float u = bf2f(up[r * (size_t)stride + i]);
-        out[idx] = f2bf(g / (1.0f + expf(-g)) * u);
+        out[idx] = f2bf(silu_times(g, u));
     }
 }
 
@@ -312,6 +470,60 @@ extern "C" __global__ void weft_topk_logprobs(const float* __restrict__ logits, 
         out_lp[(size_t)r * k + j] = lp;
     }
 }
+
+/* k = 1 of weft_topk_logprobs (with pad id 0) for wide blocks: the best non-NaN logit of
+   each row (lower id on ties) and its log-softmax; a row of only NaN gives id 0 and -inf.
+   grid (rows), block up to 1024 threads (a multiple of 32). */
+extern "C" __global__ void weft_argmax_logprob(const float* __restrict__ logits, int rows,
+                                               int vocab, u32* __restrict__ out_ids,
+                                               float* __restrict__ out_lp) {
+    __shared__ float wv[32];
+    __shared__ u32 wi[32];
+    __shared__ double red[32];
+    __shared__ float top_v;
+    __shared__ u32 top_i;
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = (blockDim.x + 31) >> 5;
+    const float* x = logits + (size_t)r * vocab;
+    float bv = WEFT_NEG_INF;
+    u32 bi = TOPK_NONE;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = x[i];
+        if (v == v && ranks_before(v, (u32)i, bv, bi)) { bv = v; bi = (u32)i; }
+    }
+    warp_best(&bv, &bi);
+    if (lane == 0) { wv[warp] = bv; wi[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        float v = lane < nw ? wv[lane] : WEFT_NEG_INF;
+        u32 id = lane < nw ? wi[lane] : TOPK_NONE;
+        warp_best(&v, &id);
+        if (lane == 0) { top_v = v; top_i = id; }
+    }
+    __syncthreads();
+    const u32 id = top_i;
+    const float mx = id == TOPK_NONE ? WEFT_NEG_INF : top_v;
+    double sum = 0.0;
+    if (mx != WEFT_NEG_INF) {
+#pragma unroll 4
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            const float v = x[i];
+            if (v == v) sum += exp((double)v - (double)mx);
+        }
+    }
+    sum = block_sum_d(sum, red);
+    if (threadIdx.x == 0) {
+        float lp = WEFT_NEG_INF;
+        if (id != TOPK_NONE && mx != WEFT_NEG_INF) {
+            lp = (float)((double)top_v - (double)mx - log(sum));
+        }
+        out_ids[r] = id == TOPK_NONE ? 0u : id;
+        out_lp[r] = lp;
+    }
+}
 "#;
 
 /// Kernel (function) names, as the programs define them.
@@ -320,12 +532,17 @@ pub(crate) mod names {
     pub const RMS_NORM: &str = "weft_rms_norm";
     pub const ADD_RMS_NORM: &str = "weft_add_rms_norm";
     pub const ROPE: &str = "weft_rope";
+    pub const QKV_ROPE: &str = "weft_qkv_rope";
+    pub const FILL_RANDOM: &str = "weft_fill_random";
     pub const SILU_MUL: &str = "weft_silu_mul";
     pub const PAGED_WRITE: &str = "weft_paged_write";
     pub const TOPK_LOGPROBS: &str = "weft_topk_logprobs";
+    pub const ARGMAX_LOGPROB: &str = "weft_argmax_logprob";
     pub const DECODE_PART: &str = "weft_paged_decode_part";
     pub const DECODE_REDUCE: &str = "weft_paged_decode_reduce";
     pub const PREFILL: &str = "weft_paged_prefill";
+    pub const GATHER_KV: &str = "weft_gather_kv";
+    pub const CAUSAL_SOFTMAX: &str = "weft_causal_softmax";
 }
 
 /// One NVRTC program: its source parts (concatenated) and the kernels it defines.
@@ -351,6 +568,8 @@ pub(crate) const PROGRAMS: &[Program] = &[
             names::RMS_NORM,
             names::ADD_RMS_NORM,
             names::ROPE,
+            names::QKV_ROPE,
+            names::FILL_RANDOM,
             names::SILU_MUL,
             names::PAGED_WRITE,
         ],
@@ -358,12 +577,18 @@ pub(crate) const PROGRAMS: &[Program] = &[
     Program {
         name: "weft_sampling",
         parts: &[COMMON, SAMPLING],
-        functions: &[names::TOPK_LOGPROBS],
+        functions: &[names::TOPK_LOGPROBS, names::ARGMAX_LOGPROB],
     },
     Program {
         name: "weft_attention",
         parts: &[COMMON, super::source_attn::ATTENTION],
-        functions: &[names::DECODE_PART, names::DECODE_REDUCE, names::PREFILL],
+        functions: &[
+            names::DECODE_PART,
+            names::DECODE_REDUCE,
+            names::PREFILL,
+            names::GATHER_KV,
+            names::CAUSAL_SOFTMAX,
+        ],
     },
 ];
 
@@ -391,12 +616,17 @@ mod tests {
             names::RMS_NORM,
             names::ADD_RMS_NORM,
             names::ROPE,
+            names::QKV_ROPE,
+            names::FILL_RANDOM,
             names::SILU_MUL,
             names::PAGED_WRITE,
             names::TOPK_LOGPROBS,
+            names::ARGMAX_LOGPROB,
             names::DECODE_PART,
             names::DECODE_REDUCE,
             names::PREFILL,
+            names::GATHER_KV,
+            names::CAUSAL_SOFTMAX,
         ];
         for name in all {
             let owners: Vec<_> = PROGRAMS
@@ -448,8 +678,11 @@ mod tests {
             define(super::ELEMENTWISE, "ROPE_MAX_HALF"),
             Some(super::super::ops::ROPE_MAX_HALF)
         );
-        // The decode kernel reuses its probability buffer for the p.V partial sums, which
-        // needs 2 * threads <= DEC_PART (see the kernel).
-        assert!(2 * super::super::attn::ATT_THREADS as usize <= super::super::attn::DEC_PART);
+        // The decode kernel sizes its shared p.V reduction buffer for this block size (and
+        // refuses any other).
+        assert_eq!(
+            define(attn, "DEC_THREADS"),
+            Some(super::super::attn::ATT_THREADS as usize)
+        );
     }
 }

@@ -15,12 +15,13 @@
 //! Both are GQA-aware (the query heads of one KV head share each K/V load), need an even
 //! `head_dim <= ATT_MAX_HD`, and skip (treat as masked) any block-table entry outside the
 //! pool: the host validates the tables before a launch, the kernels never read out of
-//! bounds even if it did not. Static shared memory: decode 16 KiB + 8 KiB, prefill 41 KiB
+//! bounds even if it did not. Static shared memory: decode 8 KiB + 1 KiB + 8 KiB, prefill 41 KiB
 //! (under the 48 KiB that needs no opt-in).
 pub(crate) const ATTENTION: &str = r#"
 #define ATT_MAX_HD 256
 #define ATT_MAX_HP (ATT_MAX_HD / 2)
-#define DEC_PART 256
+#define DEC_PART 32
+#define DEC_THREADS 128
 #define DEC_GMAX 8
 #define PF_BQ 16
 #define PF_BK 32
@@ -52,6 +53,7 @@ struct DecBlock {
 __device__ __forceinline__ void dec_scores(const DecBlock& B, const float* q_s, float* p_s,
                                            float scale) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+#pragma unroll 8
     for (int j = warp; j < B.n; j += nwarps) {
         const long long slot =
             slot_of(B.table, B.max_blocks, B.t0 + j, B.block_size, B.num_blocks);
@@ -108,16 +110,17 @@ __device__ __forceinline__ void dec_softmax(const DecBlock& B, float* p_s, float
 }
 
 /* part_acc[(ml0 + g * max_parts) * hd + d] = sum_j p_s[g][j] * v_(t0+j)[d]. Thread =
-   (position group tg, pair pi); the partial sums of the position groups meet in p_s
-   (n_tg * gcount * hd <= 2 * blockDim * DEC_GMAX <= DEC_GMAX * DEC_PART floats). */
-__device__ __forceinline__ void dec_pv(const DecBlock& B, float* p_s, float* part_acc,
-                                       size_t ml0, int max_parts) {
+   (position group tg, pair pi); the partial sums of the position groups meet in red
+   (n_tg * gcount * hd <= 2 * DEC_THREADS * DEC_GMAX floats). */
+__device__ __forceinline__ void dec_pv(const DecBlock& B, const float* p_s, float* red,
+                                       float* part_acc, size_t ml0, int max_parts) {
     const int n_tg = blockDim.x / B.hp;
     const int tg = threadIdx.x / B.hp, pi = threadIdx.x - tg * B.hp;
     float acc[DEC_GMAX][2];
 #pragma unroll
     for (int g = 0; g < DEC_GMAX; g++) { acc[g][0] = 0.0f; acc[g][1] = 0.0f; }
     if (tg < n_tg) {
+#pragma unroll 4
         for (int j = tg; j < B.n; j += n_tg) {
             const long long slot =
                 slot_of(B.table, B.max_blocks, B.t0 + j, B.block_size, B.num_blocks);
@@ -134,8 +137,6 @@ __device__ __forceinline__ void dec_pv(const DecBlock& B, float* p_s, float* par
             }
         }
     }
-    __syncthreads(); /* every read of the probabilities is done */
-    float* red = p_s;
     if (tg < n_tg) {
 #pragma unroll
         for (int g = 0; g < DEC_GMAX; g++) {
@@ -154,7 +155,7 @@ __device__ __forceinline__ void dec_pv(const DecBlock& B, float* p_s, float* par
     }
 }
 
-/* grid (num_seqs, kv_heads * gchunks, max_parts), block 128 threads.
+/* grid (num_seqs, kv_heads * gchunks, max_parts), block DEC_THREADS threads.
    q [num_seqs, n_heads, hd]; part_ml [num_seqs, n_heads, max_parts, 2] (max, sum);
    part_acc [num_seqs, n_heads, max_parts, hd]. Sequence s attends positions
    0..ctx_lens[s]. */
@@ -166,13 +167,15 @@ extern "C" __global__ void weft_paged_decode_part(
     int num_blocks, int max_blocks, int max_parts, float scale) {
     __shared__ float q_s[DEC_GMAX * ATT_MAX_HD];
     __shared__ float p_s[DEC_GMAX * DEC_PART];
+    __shared__ float red_s[2 * DEC_THREADS * DEC_GMAX];
     const int seq = blockIdx.x, part = blockIdx.z;
     const int group = n_heads / kv_heads;
     const int gchunks = (group + DEC_GMAX - 1) / DEC_GMAX;
     const int kvh = blockIdx.y / gchunks, g0 = (blockIdx.y - kvh * gchunks) * DEC_GMAX;
     const int ctx = ctx_lens[seq];
     const int t0 = part * DEC_PART;
-    if (kvh >= kv_heads || t0 >= ctx || part >= max_parts || hd > ATT_MAX_HD || (hd & 1))
+    if (kvh >= kv_heads || t0 >= ctx || part >= max_parts || hd > ATT_MAX_HD || (hd & 1) ||
+        blockDim.x != DEC_THREADS)
         return;
     DecBlock B;
     B.table = block_tables + (size_t)seq * max_blocks;
@@ -199,7 +202,7 @@ extern "C" __global__ void weft_paged_decode_part(
     const size_t ml0 = ((size_t)seq * n_heads + h0) * max_parts + part;
     dec_softmax(B, p_s, part_ml, ml0, max_parts);
     __syncthreads();
-    dec_pv(B, p_s, part_acc, ml0, max_parts);
+    dec_pv(B, p_s, red_s, part_acc, ml0, max_parts);
 }
 
 /* Merges the partitions: grid (num_seqs, n_heads), block 128 threads. */
@@ -377,6 +380,63 @@ extern "C" __global__ void weft_paged_prefill(
             const int pi = lane + 32 * c;
             if (pi < B.hp) o[pi] = bf_pack(acc[i][c][0] * inv, acc[i][c][1] * inv);
         }
+    }
+}
+/* The GEMM prefill path (attn_gemm.rs): K and V of positions 0..ctx of sequence `seq`
+   gathered from the pools into contiguous [ctx, kv_heads * group, hd] buffers, KV head j
+   repeated for query heads j * group .. (j + 1) * group (zeros for a slot outside the
+   pool). grid (ctx), block any multiple of 32; hd even. */
+extern "C" __global__ void weft_gather_kv(
+    const bf16_t* __restrict__ k_pool, const bf16_t* __restrict__ v_pool,
+    const int* __restrict__ block_tables, int seq, int max_blocks, int block_size,
+    int num_blocks, int kv_heads, int hd, int group, int ctx, bf16_t* __restrict__ k_out,
+    bf16_t* __restrict__ v_out) {
+    const int t = blockIdx.x;
+    if (t >= ctx || (hd & 1) || group < 1) return;
+    const long long slot =
+        slot_of(block_tables + (size_t)seq * max_blocks, max_blocks, t, block_size, num_blocks);
+    const int hp = hd / 2, words = kv_heads * group * hp;
+    u32* kd = (u32*)(k_out + (size_t)t * kv_heads * group * hd);
+    u32* vd = (u32*)(v_out + (size_t)t * kv_heads * group * hd);
+    const size_t src = (size_t)(slot < 0 ? 0 : slot) * kv_heads * hp;
+    const u32* ks = (const u32*)k_pool + src;
+    const u32* vs = (const u32*)v_pool + src;
+    for (int i = threadIdx.x; i < words; i += blockDim.x) {
+        const int h = i / hp, d = i - h * hp;
+        const int from = (h / group) * hp + d;
+        kd[i] = slot < 0 ? 0u : ks[from];
+        vd[i] = slot < 0 ? 0u : vs[from];
+    }
+}
+
+/* Causal softmax of the GEMM prefill path: s [heads, n, kend] f32 scores (already
+   scaled) in, probabilities out as two bf16 terms p_hi + p_lo [heads, n, kend] (p_hi the
+   rounded probability, p_lo what rounding left), so the P.V GEMMs lose no more than f32
+   would. Row i of a head is the query at position q_pos0 + i, which sees keys
+   0..=q_pos0 + i; later keys get probability 0. grid (n, heads), block any multiple of 32
+   up to 1024. */
+extern "C" __global__ void weft_causal_softmax(const float* __restrict__ s,
+                                               bf16_t* __restrict__ p_hi,
+                                               bf16_t* __restrict__ p_lo, int n, int kend,
+                                               int q_pos0) {
+    __shared__ float red[32];
+    const int i = blockIdx.x, h = blockIdx.y;
+    if (i >= n) return;
+    const size_t base = ((size_t)h * n + i) * kend;
+    const float* row = s + base;
+    const int allowed = weft_imin(kend, q_pos0 + i + 1);
+    float m = WEFT_NEG_INF;
+    for (int c = threadIdx.x; c < allowed; c += blockDim.x) m = fmaxf(m, row[c]);
+    m = block_max(m, red);
+    float l = 0.0f;
+    for (int c = threadIdx.x; c < allowed; c += blockDim.x) l += expf(row[c] - m);
+    l = block_sum(l, red);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int c = threadIdx.x; c < kend; c += blockDim.x) {
+        const float p = c < allowed ? expf(row[c] - m) * inv : 0.0f;
+        const bf16_t hi = f2bf(p);
+        p_hi[base + c] = hi;
+        p_lo[base + c] = f2bf(p - bf2f(hi));
     }
 }
 "#;

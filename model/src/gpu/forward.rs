@@ -4,6 +4,7 @@
 //! sequences that want them), in bf16 with f32 accumulation.
 
 use half::bf16;
+use weft_kernels::cuda::ops_fused::{qkv_rope, QkvShape};
 use weft_kernels::cuda::{attn, matmul_bf16, ops, CudaBackend, DeviceBuffer, PagedBatch, SeqSpec};
 
 use super::{GpuError, GpuRankModel};
@@ -21,6 +22,7 @@ struct Scratch {
     x: DeviceBuffer<bf16>,
     residual: DeviceBuffer<bf16>,
     normed: DeviceBuffer<bf16>,
+    qkv: DeviceBuffer<bf16>,
     q: DeviceBuffer<bf16>,
     k: DeviceBuffer<bf16>,
     v: DeviceBuffer<bf16>,
@@ -62,6 +64,7 @@ impl GpuRankModel {
             x: z(h)?,
             residual: z(h)?,
             normed: z(h)?,
+            qkv: z(qw + 2 * kvw)?,
             q: z(qw)?,
             k: z(kvw)?,
             v: z(kvw)?,
@@ -106,6 +109,7 @@ impl GpuRankModel {
         let ids_d = DeviceBuffer::from_slice(b, &ids)?;
         let pos_d = DeviceBuffer::from_slice(b, &positions)?;
         let mut s = self.scratch(b, t)?;
+        b.mark("step inputs and scratch")?;
         let h = self.cfg.hidden_size;
         ops::embedding(
             b,
@@ -116,6 +120,7 @@ impl GpuRankModel {
             &mut s.x,
         )?;
         reduce(&mut comm, &mut s.x)?;
+        b.mark("embedding")?;
         for i in 0..self.layers.len() {
             self.layer(b, i, &batch, &pos_d, &mut s, &mut comm)?;
         }
@@ -128,7 +133,10 @@ impl GpuRankModel {
             eps,
             &mut s.normed,
         )?;
-        self.logits(b, seqs, &s.normed)
+        b.mark("norms")?;
+        let out = self.logits(b, seqs, &s.normed)?;
+        b.mark("lm head")?;
+        Ok(out)
     }
 
     /// One decoder layer: `s.x` holds the previous block's output (the
@@ -149,33 +157,33 @@ impl GpuRankModel {
         let (qw, kvw) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
         let w = &self.layers[i];
         ops::add_rms_norm(b, &s.x, &mut s.residual, &w.attn_norm, eps, &mut s.normed)?;
-        matmul_bf16(b, &s.normed, &w.q, t, qw, h, &mut s.q)?;
-        matmul_bf16(b, &s.normed, &w.k, t, kvw, h, &mut s.k)?;
-        matmul_bf16(b, &s.normed, &w.v, t, kvw, h, &mut s.v)?;
-        ops::rope(
+        b.mark("norms")?;
+        matmul_bf16(b, &s.normed, &w.qkv, t, qw + 2 * kvw, h, &mut s.qkv)?;
+        b.mark("qkv gemm")?;
+        let shape = QkvShape {
+            n_heads: d.heads,
+            kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+        };
+        qkv_rope(
             b,
-            &mut s.q,
-            d.heads,
-            d.head_dim,
-            positions,
-            &self.inv_freq,
-            self.rope,
+            &s.qkv,
+            shape,
+            (positions, &self.inv_freq, self.rope),
+            (&mut s.q, &mut s.k, &mut s.v),
         )?;
-        ops::rope(
-            b,
-            &mut s.k,
-            d.kv_heads,
-            d.head_dim,
-            positions,
-            &self.inv_freq,
-            self.rope,
-        )?;
+        b.mark("rotary")?;
         attn::paged_write(b, &mut self.kv[i], batch, &s.k, &s.v)?;
+        b.mark("kv write")?;
         attn::paged_attention(b, &s.q, &self.kv[i], batch, d.heads, &mut s.attn)?;
+        b.mark("attention")?;
         let w = &self.layers[i];
         matmul_bf16(b, &s.attn, &w.o, t, h, qw, &mut s.o)?;
+        b.mark("o gemm")?;
         reduce(comm, &mut s.o)?;
+        b.mark("all-reduce")?;
         ops::add_rms_norm(b, &s.o, &mut s.residual, &w.mlp_norm, eps, &mut s.normed)?;
+        b.mark("norms")?;
         matmul_bf16(
             b,
             &s.normed,
@@ -185,9 +193,13 @@ impl GpuRankModel {
             h,
             &mut s.gate_up,
         )?;
+        b.mark("gate/up gemm")?;
         ops::silu_mul_fused(b, &s.gate_up, d.intermediate, &mut s.act)?;
+        b.mark("silu-mul")?;
         matmul_bf16(b, &s.act, &w.down, t, h, d.intermediate, &mut s.x)?;
+        b.mark("down gemm")?;
         reduce(comm, &mut s.x)?;
+        b.mark("all-reduce")?;
         Ok(())
     }
 
@@ -268,6 +280,7 @@ impl GpuRankModel {
         let mut ids = DeviceBuffer::<u32>::zeros(b, out.rows)?;
         let mut lps = DeviceBuffer::<f32>::zeros(b, out.rows)?;
         ops::argmax_logprob(b, &out.logits, self.dims.vocab, &mut ids, &mut lps)?;
+        b.mark("sampling")?;
         let ids = ids.to_vec(b)?;
         let lps = lps.to_vec(b)?;
         Ok(ids.into_iter().zip(lps).collect())

@@ -6,6 +6,7 @@ use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use weft_kernels::cuda::ops_fused::fill_random;
 use weft_kernels::cuda::{CudaBackend, DeviceBuffer};
 use weft_kernels::{DType, Matrix, RopeStyle};
 
@@ -27,14 +28,38 @@ pub struct SyntheticInit {
     pub seed: u64,
 }
 
+/// Synthetic weights made on the device (nothing crosses the bus): the ranges of
+/// [`random_values`], from the device's own counter-based generator keyed by the seed and
+/// the tensor's name (so not the same values as the host stream).
+fn device_random(
+    b: &CudaBackend,
+    name: TensorName,
+    (rows, cols): (usize, usize),
+    seed: u64,
+) -> Result<DeviceBuffer<bf16>, GpuError> {
+    let (scale, offset) = if is_norm(name) {
+        (0.1, 1.0)
+    } else {
+        (1.0 / (cols.max(1) as f32).sqrt(), 0.0)
+    };
+    let mut buf = DeviceBuffer::<bf16>::zeros(b, rows * cols)?;
+    let key = seed ^ fnv(name.canonical().as_bytes());
+    fill_random(b, &mut buf, key, scale, offset)?;
+    Ok(buf)
+}
+
+fn is_norm(name: TensorName) -> bool {
+    matches!(
+        name,
+        TensorName::AttnNorm(_) | TensorName::MlpNorm(_) | TensorName::FinalNorm
+    )
+}
+
 /// A deterministic value stream for one tensor: norm weights near 1,
 /// matrices uniform in ±1/sqrt(cols) (activations stay in range).
 fn random_values(name: TensorName, rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     let key = seed ^ fnv(name.canonical().as_bytes());
-    let is_norm = matches!(
-        name,
-        TensorName::AttnNorm(_) | TensorName::MlpNorm(_) | TensorName::FinalNorm
-    );
+    let is_norm = is_norm(name);
     let scale = 1.0 / (cols.max(1) as f32).sqrt();
     let mut out = vec![0f32; rows * cols];
     // Parallel in chunks, each with its own stream keyed by the chunk index,
@@ -120,6 +145,9 @@ impl Loader<'_> {
         rows: usize,
         cols: usize,
     ) -> Result<DeviceBuffer<bf16>, GpuError> {
+        if let Source::Random(init) = &self.src {
+            return device_random(self.b, name, (rows, cols), init.seed);
+        }
         let v = self.values(name, rows, cols)?;
         Ok(DeviceBuffer::from_f32(self.b, &v)?)
     }
@@ -127,8 +155,23 @@ impl Loader<'_> {
     /// Gate rows followed by up rows, as one `[2 * inter, hidden]` weight.
     fn gate_up(&self, layer: usize, inter: usize) -> Result<DeviceBuffer<bf16>, GpuError> {
         let h = self.cfg.hidden_size;
+        if let Source::Random(init) = &self.src {
+            return device_random(self.b, TensorName::Gate(layer), (2 * inter, h), init.seed);
+        }
         let mut v = self.values(TensorName::Gate(layer), inter, h)?;
         v.extend(self.values(TensorName::Up(layer), inter, h)?);
+        Ok(DeviceBuffer::from_f32(self.b, &v)?)
+    }
+
+    /// Q, K and V rows as one `[qw + 2 * kvw, hidden]` weight.
+    fn qkv(&self, layer: usize, qw: usize, kvw: usize) -> Result<DeviceBuffer<bf16>, GpuError> {
+        let h = self.cfg.hidden_size;
+        if let Source::Random(init) = &self.src {
+            return device_random(self.b, TensorName::Q(layer), (qw + 2 * kvw, h), init.seed);
+        }
+        let mut v = self.values(TensorName::Q(layer), qw, h)?;
+        v.extend(self.values(TensorName::K(layer), kvw, h)?);
+        v.extend(self.values(TensorName::V(layer), kvw, h)?);
         Ok(DeviceBuffer::from_f32(self.b, &v)?)
     }
 
@@ -137,9 +180,7 @@ impl Loader<'_> {
         let (qw, kvw) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
         Ok(GpuLayer {
             attn_norm: self.upload(TensorName::AttnNorm(i), h, 1)?,
-            q: self.upload(TensorName::Q(i), qw, h)?,
-            k: self.upload(TensorName::K(i), kvw, h)?,
-            v: self.upload(TensorName::V(i), kvw, h)?,
+            qkv: self.qkv(i, qw, kvw)?,
             o: self.upload(TensorName::O(i), h, qw)?,
             mlp_norm: self.upload(TensorName::MlpNorm(i), h, 1)?,
             gate_up: self.gate_up(i, d.intermediate)?,

@@ -10,6 +10,7 @@
 
 mod forward;
 mod load;
+mod probe;
 
 use weft_kernels::cuda::{CudaBackend, CudaError, DeviceBuffer, PagedKvCache};
 
@@ -49,9 +50,9 @@ pub enum GpuError {
 /// `[out_features, in_features]`).
 pub(crate) struct GpuLayer {
     attn_norm: DeviceBuffer<bf16>,
-    q: DeviceBuffer<bf16>,
-    k: DeviceBuffer<bf16>,
-    v: DeviceBuffer<bf16>,
+    /// Q rows, then K rows, then V rows: `[(heads + 2 * kv_heads) * head_dim, hidden]`,
+    /// so one GEMM gives `[tokens, q | k | v]`.
+    qkv: DeviceBuffer<bf16>,
     o: DeviceBuffer<bf16>,
     mlp_norm: DeviceBuffer<bf16>,
     /// Gate rows then up rows: `[2 * intermediate, hidden]`, so one GEMM

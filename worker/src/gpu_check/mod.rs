@@ -41,14 +41,22 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row, also printed at once (with the time since the check began)
+    /// so a run cut short still shows what it measured.
     fn new(stage: impl Into<String>, result: impl Into<String>, ok: bool) -> Self {
-        Row {
+        let row = Row {
             stage: stage.into(),
             result: result.into(),
             ok,
-        }
+        };
+        let since = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+        let mark = if row.ok { "ok" } else { "NO" };
+        eprintln!("[{since:7.1} s] {mark} {}: {}", row.stage, row.result);
+        row
     }
 }
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// Measured rates the later stages compare against.
 #[derive(Default, Clone, Copy)]
@@ -61,6 +69,7 @@ pub struct Baselines {
 
 /// Runs every stage; returns the table rows (printed by the caller).
 pub fn run(args: &GpuCheckArgs) -> Vec<Row> {
+    START.get_or_init(Instant::now);
     let mut rows = Vec::new();
     let info = match cuda::probe(args.ordinal) {
         Ok(i) => i,

@@ -45,7 +45,7 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
-/// Prefill 16 tokens, then 4 greedy decode steps fed the CPU's choice, on
+/// Prefill 80 tokens (the cuBLAS attention path), then 4 greedy decode steps fed the CPU's choice, on
 /// both paths; compares the logits of every step.
 pub fn compare_cpu_gpu(b: &CudaBackend, seed: u64, rows: &mut Vec<Row>) {
     let stage = "2-layer Llama-3-8B GPU vs CPU";
@@ -67,15 +67,15 @@ fn compare(b: &CudaBackend, seed: u64) -> Result<(f64, usize, usize), String> {
     let cpu = RankModel::from_shard(&cfg, &shard).map_err(|e| e.to_string())?;
     let kv = KvGeometry {
         block_size: BLOCK,
-        num_blocks: 4,
+        num_blocks: 8,
     };
     let mut gpu =
         GpuRankModel::from_shard(b, &cfg, &shard, kv, &mut |_, _| {}).map_err(|e| e.to_string())?;
     drop(shard);
-    let mut pool = cpu.new_pool(BLOCK, 4).map_err(|e| e.to_string())?;
-    let table = [0u32, 1, 2, 3];
+    let mut pool = cpu.new_pool(BLOCK, 8).map_err(|e| e.to_string())?;
+    let table: Vec<u32> = (0..8).collect();
     let mut comm = SingleRank;
-    let mut tokens: Vec<u32> = (0..16).map(|i| (i * 7919 + 11) % 128_000).collect();
+    let mut tokens: Vec<u32> = (0..80).map(|i| (i * 7919 + 11) % 128_000).collect();
     let (mut start, mut worst, mut agree) = (0usize, 0f64, 0usize);
     let steps = 5;
     for _ in 0..steps {
@@ -160,8 +160,19 @@ pub fn time_llama3_8b(b: &CudaBackend, args: &GpuCheckArgs, base: Baselines, row
     ));
     for batch in [1usize, 8, 64] {
         let r = time_decode(b, &mut model, batch, blocks_per_seq, args.decode_steps);
+        if let Ok(t) = &r {
+            rows.push(Row::new(
+                format!("profile decode batch {batch}"),
+                format!("host enqueue {:.2} ms/step; {}", t.host_ms, t.profile),
+                true,
+            ));
+        }
         rows.push(match r {
-            Ok((step_ms, ctx)) => {
+            Ok(DecodeTiming {
+                step_ms,
+                mean_ctx: ctx,
+                ..
+            }) => {
                 let kv_bytes =
                     (batch * ctx * 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2) as f64;
                 let gbs = (weight_bytes(&cfg) + kv_bytes) / (step_ms * 1e-3) / 1e9;
@@ -183,8 +194,13 @@ pub fn time_llama3_8b(b: &CudaBackend, args: &GpuCheckArgs, base: Baselines, row
             ),
         });
     }
-    rows.push(match time_prefill(b, &mut model, 2048) {
-        Ok(ms) => {
+    gemm_rows(b, &model, &cfg, base, rows);
+    let prefill = time_prefill(b, &mut model, 2048);
+    if let Ok((_, profile)) = &prefill {
+        rows.push(Row::new("profile prefill 2048", profile.clone(), true));
+    }
+    rows.push(match prefill {
+        Ok((ms, _)) => {
             let t = 2048f64;
             let params = weight_bytes(&cfg) / 2.0 - (cfg.hidden_size * cfg.vocab_size) as f64;
             let attn =
@@ -213,7 +229,7 @@ fn time_decode(
     batch: usize,
     blocks_per_seq: usize,
     steps: usize,
-) -> Result<(f64, usize), String> {
+) -> Result<DecodeTiming, String> {
     let tables: Vec<Vec<u32>> = (0..batch)
         .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
         .collect();
@@ -235,6 +251,7 @@ fn time_decode(
         .map(|x| x.0)
         .collect();
     let mut pos = prompt.len();
+    let mut host = 0f64;
     let mut t0 = Instant::now();
     for step in 0..steps + 2 {
         if step == 2 {
@@ -252,7 +269,11 @@ fn time_decode(
                 want_logits: true,
             })
             .collect();
+        let h0 = Instant::now();
         let out = m.forward(b, &seqs, None).map_err(|e| e.to_string())?;
+        if step >= 2 {
+            host += h0.elapsed().as_secs_f64();
+        }
         next = m
             .greedy(b, &out)
             .map_err(|e| e.to_string())?
@@ -262,11 +283,59 @@ fn time_decode(
         pos += 1;
     }
     let ms = t0.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64;
-    Ok((ms, pos - steps / 2))
+    let host_ms = host * 1e3 / steps.max(1) as f64;
+    // One more step, profiled.
+    let seqs: Vec<SeqInput<'_>> = tables
+        .iter()
+        .zip(&next)
+        .map(|(t, tok)| SeqInput {
+            tokens: std::slice::from_ref(tok),
+            start_pos: pos,
+            block_table: t,
+            want_logits: true,
+        })
+        .collect();
+    let profile = profiled(b, || {
+        let out = m.forward(b, &seqs, None).map_err(|e| e.to_string())?;
+        m.greedy(b, &out).map_err(|e| e.to_string())
+    })?;
+    Ok(DecodeTiming {
+        step_ms: ms,
+        host_ms,
+        mean_ctx: pos - steps / 2,
+        profile,
+    })
+}
+
+/// What [`time_decode`] measured.
+struct DecodeTiming {
+    step_ms: f64,
+    /// Host time inside `forward` (enqueueing the step), per step.
+    host_ms: f64,
+    mean_ctx: usize,
+    /// GPU time per operation of one more step.
+    profile: String,
+}
+
+/// Runs `f` with the step profiler on; returns its GPU time per
+/// operation, the largest first.
+fn profiled<T>(b: &CudaBackend, f: impl FnOnce() -> Result<T, String>) -> Result<String, String> {
+    b.synchronize().map_err(|e| e.to_string())?;
+    b.profile_start().map_err(|e| e.to_string())?;
+    f()?;
+    let totals = b.profile_take().map_err(|e| e.to_string())?;
+    let sum: f64 = totals.values().map(|v| v.0).sum();
+    let mut v: Vec<_> = totals.into_iter().collect();
+    v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    let parts: Vec<String> = v
+        .iter()
+        .map(|(name, (ms, n))| format!("{name} {ms:.2} ms/{n}"))
+        .collect();
+    Ok(format!("GPU {sum:.2} ms: {}", parts.join(", ")))
 }
 
 /// Times one prefill of `n` tokens (after a warm-up one); ms.
-fn time_prefill(b: &CudaBackend, m: &mut GpuRankModel, n: usize) -> Result<f64, String> {
+fn time_prefill(b: &CudaBackend, m: &mut GpuRankModel, n: usize) -> Result<(f64, String), String> {
     let table: Vec<u32> = (0..n.div_ceil(BLOCK) as u32).collect();
     let prompt: Vec<u32> = (0..n as u32).map(|i| (i * 131 + 3) % 128_000).collect();
     let seq = [SeqInput {
@@ -283,5 +352,57 @@ fn time_prefill(b: &CudaBackend, m: &mut GpuRankModel, n: usize) -> Result<f64, 
         m.greedy(b, &out).map_err(|e| e.to_string())?;
         best = best.min(t0.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(best)
+    let profile = profiled(b, || {
+        let out = m.forward(b, &seq, None).map_err(|e| e.to_string())?;
+        m.greedy(b, &out).map_err(|e| e.to_string())
+    })?;
+    Ok((best, profile))
+}
+
+/// The step's weight GEMMs alone at batch 1 and over 2048 rows: what the
+/// decode and prefill timings would be with every other kernel free.
+fn gemm_rows(
+    b: &CudaBackend,
+    m: &GpuRankModel,
+    cfg: &ModelConfig,
+    base: Baselines,
+    rows: &mut Vec<Row>,
+) {
+    match m.time_step_gemms(b, 1, 16) {
+        Ok(ms) => {
+            let gbs = weight_bytes(cfg) / (ms * 1e-3) / 1e9;
+            rows.push(Row::new(
+                "GEMMs alone, 1 row",
+                format!(
+                    "{ms:.2} ms, {gbs:.0} GB/s = {:.0}% of copy",
+                    gbs / base.copy_gbs.max(1e-9) * 100.0
+                ),
+                true,
+            ));
+        }
+        Err(e) => rows.push(Row::new(
+            "GEMMs alone, 1 row",
+            format!("failed: {e}"),
+            false,
+        )),
+    }
+    match m.time_step_gemms(b, 2048, 3) {
+        Ok(ms) => {
+            let params = weight_bytes(cfg) / 2.0 - (cfg.hidden_size * cfg.vocab_size) as f64;
+            let tflops = 2.0 * params * 2048.0 / (ms * 1e-3) / 1e12;
+            rows.push(Row::new(
+                "GEMMs alone, 2048 rows",
+                format!(
+                    "{ms:.1} ms, {tflops:.0} TFLOP/s = {:.0}% of GEMM",
+                    tflops / base.gemm_tflops.max(1e-9) * 100.0
+                ),
+                true,
+            ));
+        }
+        Err(e) => rows.push(Row::new(
+            "GEMMs alone, 2048 rows",
+            format!("failed: {e}"),
+            false,
+        )),
+    }
 }
