@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (issue 5), in two halves:
 #
-#   scripts/gpu-check.sh build   here (no GPU needed): builds weft-gpu-check with the
-#                                `cuda` feature into .gpu-bin/ (git-ignored, carried to
-#                                the device machine; well under 64 MiB)
+#   scripts/gpu-check.sh build   here (no GPU needed): builds weft-gpu-check, weft-worker
+#                                (both with the `cuda` feature), weft-coordinator and
+#                                weft-load, stripped, into .gpu-bin/ (git-ignored, carried
+#                                to the device machine; checked to stay under 60 MiB)
 #   scripts/gpu-check.sh run     on the GPU machine: finds the CUDA libraries (driver,
 #                                NVRTC, cuBLAS, NCCL; the pip `nvidia-*` packages
 #                                included), then runs weft-gpu-check, which checks every
@@ -11,22 +12,54 @@
 #                                inputs (outputs poisoned first), measures the
 #                                device-to-device copy bandwidth and the cuBLAS bf16
 #                                GEMM rate, runs an NCCL world-size-1 all-reduce, and
-#                                prints a short table last. Bounded to 7 minutes.
+#                                prints a short table last. Then the serving stage
+#                                (serve_check below): a real cluster (coordinator and one
+#                                worker on cuda:0) serves 16 prompts of a synthetic bf16
+#                                checkpoint through weft-load, and its greedy outputs are
+#                                compared with a CPU cluster's on the same checkpoint.
+#                                The whole run is bounded to about 7 minutes.
+#   scripts/gpu-check.sh serve [DEVICE]
+#                                the serving stage alone, with the second cluster on
+#                                DEVICE (default cuda:0); `serve cpu` runs it CPU against
+#                                CPU, so the whole flow can be tried on a machine
+#                                without a GPU.
+#
+# Files under $OUT (default /tmp/weft-gpu-check): gpu-check.log, serve-check.log (the
+# serving stage's output, both weft-load JSON reports and the cluster logs), and
+# ptx-cache/ (compiled kernels, shared by both halves).
 #
 # Device tool call (one call, under 8 minutes):
 #   run(command="scripts/gpu-check.sh run", carry=[".gpu-bin"], timeout_s=480)
-# then copy the table it prints, with the date, into docs/gpu-results.md.
+# then copy the table it prints and the serving summary, with the date, into
+# docs/gpu-results.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BIN_DIR="$ROOT/.gpu-bin"
 
+# The executables carried to the device machine.
+GPU_BINS=(weft-gpu-check weft-worker weft-coordinator weft-load)
+
 build() {
-    cargo build --release --features cuda -p weft-worker --bin weft-gpu-check
+    # One cargo invocation, so every crate is built once with the same
+    # features (weft-worker's `cuda` also reaches weft-model and weft-kernels;
+    # the coordinator and weft-load have no such feature).
+    cargo build --release -p weft-worker -p weft-coordinator -p weft-loadgen \
+        --features weft-worker/cuda --bins
     mkdir -p "$BIN_DIR"
-    cp "${CARGO_TARGET_DIR:-target}/release/weft-gpu-check" "$BIN_DIR/"
-    strip "$BIN_DIR/weft-gpu-check" 2>/dev/null || true
+    local exe
+    for exe in "${GPU_BINS[@]}"; do
+        cp "${CARGO_TARGET_DIR:-target}/release/$exe" "$BIN_DIR/"
+        strip "$BIN_DIR/$exe" 2>/dev/null || true
+    done
     du -h "$BIN_DIR"/*
+    du -ch "$BIN_DIR" | tail -n1
+    local total_kib
+    total_kib="$(du -sk "$BIN_DIR" | cut -f1)"
+    if ((total_kib > 60 * 1024)); then
+        echo "$BIN_DIR holds ${total_kib} KiB, over the 60 MiB budget (the carried tree is capped at 64 MiB)" >&2
+        exit 1
+    fi
     echo "ready: carry .gpu-bin and run 'scripts/gpu-check.sh run' on the device machine"
 }
 
@@ -71,6 +104,7 @@ run() {
     [ -x "$BIN_DIR/weft-gpu-check" ] || { echo "no $BIN_DIR/weft-gpu-check: run 'scripts/gpu-check.sh build' here first and carry .gpu-bin" >&2; exit 2; }
     local out="${OUT:-/tmp/weft-gpu-check}"
     mkdir -p "$out"
+    local rc=0
     {
         echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -n)"
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
@@ -78,11 +112,18 @@ run() {
         echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
         ls -l "${TMPDIR:-/tmp}/weft-cuda-links" || true
         timeout 420 "$BIN_DIR/weft-gpu-check" --ptx-cache "$out/ptx-cache" "$@"
-    } 2>&1 | tee "$out/gpu-check.log"
+    } 2>&1 | tee "$out/gpu-check.log" || rc=$?
+    # The serving stage runs whatever the first part found.
+    serve_check cuda:0 || rc=1
+    return "$rc"
 }
+
+# shellcheck source=scripts/lib/serve-check.sh
+source "$ROOT/scripts/lib/serve-check.sh"
 
 case "${1:-}" in
     build) shift; build "$@" ;;
     run) shift; run "$@" ;;
-    *) echo "usage: scripts/gpu-check.sh build|run [weft-gpu-check args]" >&2; exit 2 ;;
+    serve) shift; serve_check "${1:-cuda:0}" ;;
+    *) echo "usage: scripts/gpu-check.sh build | run [weft-gpu-check args] | serve [cpu|cuda:N]" >&2; exit 2 ;;
 esac

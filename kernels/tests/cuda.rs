@@ -90,6 +90,7 @@ device_check! {
     paged_attention_prefill => "paged_attention_prefill",
     paged_attention_prefill_gemm => "paged_attention_prefill_gemm",
     paged_attention_mixed => "paged_attention_mixed",
+    paged_attention_flash => "paged_attention_flash",
     matmul_bf16 => "matmul_bf16",
     matmul_bf16_f32_out => "matmul_bf16_f32_out",
     argmax_logprob => "argmax_logprob",

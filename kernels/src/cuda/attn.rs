@@ -9,7 +9,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use super::attn_gemm::{prefill_gemm_seqs, GEMM_MIN_TOKENS, SCORE_ELEMS};
+use super::attn_gemm::{long_path, prefill_gemm_seqs, GEMM_MIN_TOKENS};
 use super::batch::PagedBatch;
 use super::device::CudaBackend;
 use super::error::{check_len, mul, to_i32, CudaError};
@@ -19,8 +19,12 @@ use super::tensor::DeviceBuffer;
 
 /// The largest head dimension of the attention kernels.
 pub const ATTENTION_MAX_HEAD_DIM: usize = 256;
-/// Positions per split-K partition of the decode kernel (`DEC_PART` in the source).
-pub(crate) const DEC_PART: usize = 32;
+/// The most positions of one split-K partition of the decode kernel (`DEC_PART_MAX`).
+pub(crate) const DEC_PART_MAX: usize = 128;
+/// The fewest positions of one partition; doubled (up to the max) while the grid would
+/// be more than `DEC_WAVES` blocks per multiprocessor.
+const DEC_PART_MIN: usize = 32;
+const DEC_WAVES: usize = 4;
 /// Query heads per decode block (`DEC_GMAX`).
 pub(crate) const DEC_GMAX: usize = 8;
 /// Rows per prefill block (`PF_BQ`).
@@ -208,7 +212,8 @@ pub fn paged_attention(
     if long.is_empty() {
         return paged_attention_prefill(b, q, cache, batch, n_heads, out);
     }
-    prefill_gemm_seqs(b, q, cache, batch, n_heads, (&long, SCORE_ELEMS), out)?;
+    let path = long_path(b, cache.head_dim);
+    prefill_gemm_seqs(b, q, cache, batch, n_heads, (&long, path), out)?;
     // The others through the tiled kernel, the long ones masked out (no tokens).
     let mut info = Vec::with_capacity(3 * batch.num_seqs);
     let mut max_tokens = 0;
@@ -243,11 +248,18 @@ pub fn paged_attention_decode(
             "{OP}: every sequence needs exactly one new token"
         )));
     }
+    if !cache.head_dim.is_multiple_of(8) {
+        return Err(CudaError::Shape(format!(
+            "{OP}: head_dim {} must be a multiple of 8 (rows are read 8 values at a time)",
+            cache.head_dim
+        )));
+    }
     if batch.num_seqs == 0 {
         return Ok(());
     }
-    let parts = batch.max_ctx.div_ceil(DEC_PART).max(1);
     let y = mul(OP, cache.n_kv_heads, group.div_ceil(DEC_GMAX))?;
+    let part_len = decode_part_len(b, batch.num_seqs * y, batch.max_ctx);
+    let parts = batch.max_ctx.div_ceil(part_len).max(1);
     if y > GRID_YZ_MAX || parts > GRID_YZ_MAX || n_heads > GRID_YZ_MAX {
         return Err(CudaError::Shape(format!(
             "{OP}: grid too large ({y} x {parts})"
@@ -258,7 +270,7 @@ pub fn paged_attention_decode(
     let mut part_ml = DeviceBuffer::<f32>::scratch(b, mul(OP, scratch, 2)?)?;
     let mut part_acc = DeviceBuffer::<f32>::scratch(b, mul(OP, scratch, cache.head_dim)?)?;
     let g = Geometry::of(cache, batch)?;
-    let parts_i = parts as i32;
+    let (parts_i, part_len_i) = (parts as i32, part_len as i32);
     let f = b.function(names::DECODE_PART)?;
     let mut l = b.stream().launch_builder(&f);
     l.arg(q.slice())
@@ -275,6 +287,7 @@ pub fn paged_attention_decode(
         .arg(&g.num_blocks)
         .arg(&g.max_blocks)
         .arg(&parts_i)
+        .arg(&part_len_i)
         .arg(&g.scale);
     let cfg = LaunchConfig {
         grid_dim: (batch.num_seqs as u32, y as u32, parts as u32),
@@ -292,9 +305,20 @@ pub fn paged_attention_decode(
         b,
         (&part_ml, &part_acc),
         batch,
-        (heads_i, g.head_dim, parts_i),
+        (heads_i, g.head_dim, parts_i, part_len_i),
         out,
     )
+}
+
+/// Positions per decode partition: short ones (more blocks, shorter chains) unless the
+/// grid would already fill the device several times over with them.
+fn decode_part_len(b: &CudaBackend, blocks_per_part: usize, max_ctx: usize) -> usize {
+    let target = DEC_WAVES * b.info().multiprocessors.max(1) as usize;
+    let mut len = DEC_PART_MIN;
+    while len < DEC_PART_MAX && blocks_per_part * max_ctx.div_ceil(len) > target {
+        len *= 2;
+    }
+    len
 }
 
 /// Merges the decode partitions into `out` (`weft_paged_decode_reduce`, grid (num_seqs,
@@ -304,7 +328,7 @@ fn decode_reduce(
     b: &CudaBackend,
     (part_ml, part_acc): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
     batch: &PagedBatch,
-    (heads, head_dim, parts): (i32, i32, i32),
+    (heads, head_dim, parts, part_len): (i32, i32, i32, i32),
     out: &mut DeviceBuffer<bf16>,
 ) -> Result<(), CudaError> {
     let f = b.function(names::DECODE_REDUCE)?;
@@ -315,14 +339,15 @@ fn decode_reduce(
         .arg(out.slice_mut())
         .arg(&heads)
         .arg(&head_dim)
-        .arg(&parts);
+        .arg(&parts)
+        .arg(&part_len);
     let cfg = LaunchConfig {
         grid_dim: (batch.num_seqs as u32, heads as u32, 1),
         block_dim: (ATT_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: arguments match `weft_paged_decode_reduce(const float*, const float*, const
-    // int*, bf16*, int, int, int)`; the scratch holds (num_seqs, heads, parts) entries of
+    // int*, bf16*, int, int, int, int)`; the scratch holds (num_seqs, heads, parts) entries of
     // 2 and head_dim floats, ctx_lens num_seqs values, out num_seqs*heads*head_dim
     // elements (checked by the caller).
     unsafe { l.launch(cfg) }?;

@@ -21,6 +21,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::attn::PagedKvCache;
+use super::attn_flash::{flash_seq, flash_supported, FlashHeads, FlashSeq};
 use super::batch::PagedBatch;
 use super::device::CudaBackend;
 use super::error::{check_len, guarded, mul, to_i32, CudaError};
@@ -32,7 +33,7 @@ use super::tensor::DeviceBuffer;
 pub(crate) const GEMM_MIN_TOKENS: usize = 64;
 /// The most f32 scores held at once (64 Mi floats: 256 MiB, plus half that twice for
 /// the two bf16 probability terms).
-pub(crate) const SCORE_ELEMS: usize = 1 << 26;
+const SCORE_ELEMS: usize = 1 << 26;
 /// Threads of the gather and softmax kernels.
 const THREADS: u32 = 256;
 
@@ -105,8 +106,30 @@ struct Heads {
     group: usize,
 }
 
-/// The GEMM path for every sequence of `batch` with `n_tokens > 0` (the same result as
-/// [`super::attn::paged_attention_prefill`]); `paged_attention` sends it the long ones.
+/// How the sequences with many new tokens are computed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum LongPath {
+    /// The tensor-core kernel (`source_flash.rs`), no score matrix.
+    Flash,
+    /// cuBLAS with the scores materialized, at most `score_limit` f32 at once (at least
+    /// one query row per chunk whatever the limit).
+    Gemm { score_limit: usize },
+}
+
+/// The best path this device and head size allow.
+pub(crate) fn long_path(b: &CudaBackend, head_dim: usize) -> LongPath {
+    if flash_supported(b, head_dim) {
+        LongPath::Flash
+    } else {
+        LongPath::Gemm {
+            score_limit: SCORE_ELEMS,
+        }
+    }
+}
+
+/// Every sequence of `batch` with `n_tokens > 0` through the long-sequence path (the
+/// same result as [`super::attn::paged_attention_prefill`]); `paged_attention` sends it
+/// the long ones.
 pub fn paged_attention_prefill_gemm(
     b: &CudaBackend,
     q: &DeviceBuffer<bf16>,
@@ -116,18 +139,18 @@ pub fn paged_attention_prefill_gemm(
     out: &mut DeviceBuffer<bf16>,
 ) -> Result<(), CudaError> {
     let all: Vec<usize> = (0..batch.num_seqs).collect();
-    prefill_gemm_seqs(b, q, cache, batch, n_heads, (&all, SCORE_ELEMS), out)
+    let path = long_path(b, cache.head_dim());
+    prefill_gemm_seqs(b, q, cache, batch, n_heads, (&all, path), out)
 }
 
-/// The GEMM path for the sequences `which` of `batch`, with at most `limit` scores (f32)
-/// held at once (at least one query row per chunk whatever the limit).
+/// The sequences `which` of `batch` through `path`.
 pub(crate) fn prefill_gemm_seqs(
     b: &CudaBackend,
     q: &DeviceBuffer<bf16>,
     cache: &PagedKvCache,
     batch: &PagedBatch,
     n_heads: usize,
-    (which, limit): (&[usize], usize),
+    (which, path): (&[usize], LongPath),
     out: &mut DeviceBuffer<bf16>,
 ) -> Result<(), CudaError> {
     const OP: &str = "paged_attention_prefill_gemm";
@@ -153,10 +176,32 @@ pub(crate) fn prefill_gemm_seqs(
             continue;
         }
         let ctx = start + nt;
+        let score_limit = match path {
+            LongPath::Gemm { score_limit } => score_limit,
+            LongPath::Flash => {
+                let mut kc = DeviceBuffer::<bf16>::zeros(b, mul(OP, ctx, kv * hd)?)?;
+                let mut vc = DeviceBuffer::<bf16>::zeros(b, mul(OP, ctx, kv * hd)?)?;
+                gather(b, cache, batch, (s, ctx, 1), (&mut kc, &mut vc))?;
+                b.mark("attention: K/V gather")?;
+                let seq = FlashSeq {
+                    first_row: row,
+                    n: nt,
+                    q_pos0: start,
+                    ctx,
+                };
+                let h = FlashHeads {
+                    n_heads,
+                    kv_heads: kv,
+                    head_dim: hd,
+                };
+                flash_seq(b, (q, &kc, &vc), seq, h, out)?;
+                continue;
+            }
+        };
         let mut kc = DeviceBuffer::<bf16>::zeros(b, mul(OP, ctx, n_heads * hd)?)?;
         let mut vc = DeviceBuffer::<bf16>::zeros(b, mul(OP, ctx, n_heads * hd)?)?;
         gather(b, cache, batch, (s, ctx, heads.group), (&mut kc, &mut vc))?;
-        let chunk = (limit / (n_heads * ctx).max(1)).clamp(1, nt);
+        let chunk = (score_limit / (n_heads * ctx).max(1)).clamp(1, nt);
         let mut r0 = 0;
         while r0 < nt {
             let n = chunk.min(nt - r0);

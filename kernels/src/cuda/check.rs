@@ -67,6 +67,7 @@ const CHECKS: &[(&str, CheckFn)] = &[
     ("paged_attention_prefill", attn_cases::prefill),
     ("paged_attention_prefill_gemm", attn_cases::prefill_gemm),
     ("paged_attention_mixed", attn_cases::prefill_mixed),
+    ("paged_attention_flash", attn_cases::prefill_flash),
     ("matmul_bf16", cases::matmul_bf16_out),
     ("matmul_bf16_f32_out", cases::matmul_f32_out),
     ("argmax_logprob", cases::argmax),

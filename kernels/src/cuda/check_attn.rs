@@ -4,6 +4,7 @@
 use half::bf16;
 
 use super::attn::{self, PagedKvCache};
+use super::attn_gemm::LongPath;
 use super::batch::{PagedBatch, SeqSpec};
 use super::check::{compare, merge, CheckResult, Rng};
 use super::check_cases::{cpu, to_bf16};
@@ -180,6 +181,8 @@ enum Path {
     Decode,
     Tiled,
     Gemm,
+    /// The tensor-core kernel (sm_80+, head_dim 64 or 128).
+    Flash,
     /// `paged_attention`, which picks per batch and per sequence.
     Dispatch,
 }
@@ -208,8 +211,15 @@ fn attention_check(
         Path::Tiled => {
             attn::paged_attention_prefill(b, &dq, &cache, &batch, shape.n_heads, &mut out)?
         }
-        Path::Gemm => {
-            // A small score budget: the long sequence goes through in many chunks.
+        Path::Gemm | Path::Flash => {
+            let long = if matches!(path, Path::Flash) {
+                LongPath::Flash
+            } else {
+                // A small score budget: the long sequence goes through in many chunks.
+                LongPath::Gemm {
+                    score_limit: 1 << 20,
+                }
+            };
             let all: Vec<usize> = (0..seqs.len()).collect();
             super::attn_gemm::prefill_gemm_seqs(
                 b,
@@ -217,7 +227,7 @@ fn attention_check(
                 &cache,
                 &batch,
                 shape.n_heads,
-                (&all, 1 << 20),
+                (&all, long),
                 &mut out,
             )?
         }
@@ -271,9 +281,10 @@ pub(crate) fn prefill(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, Cud
 }
 
 /// Every sequence through the cuBLAS path: fresh prompts, a cached prefix, one token;
-/// the 700-token prompt in chunks of 46 query rows.
+/// the 700-token prompt in chunks of 46 query rows; the last sequence's rows see more
+/// keys than the softmax keeps in registers (its three-pass path).
 pub(crate) fn prefill_gemm(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
-    let seqs = [(0usize, 700usize), (100, 70), (7, 1), (0, 64)];
+    let seqs = [(0usize, 700usize), (100, 70), (7, 1), (0, 64), (4000, 100)];
     let shape = AttentionShape {
         n_heads: 32,
         n_kv_heads: 8,
@@ -287,6 +298,35 @@ pub(crate) fn prefill_gemm(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult
         shape,
         Path::Gemm,
     )
+}
+
+/// The tensor-core kernel on the same kinds of sequences, at head_dim 128 and 64; where
+/// the device cannot run it (before sm_80), the check reports itself skipped.
+pub(crate) fn prefill_flash(b: &CudaBackend, rng: &mut Rng) -> Result<CheckResult, CudaError> {
+    if !super::attn_flash::flash_supported(b, 128) {
+        return Ok(CheckResult {
+            name: "paged_attention_flash".into(),
+            max_rel_err: 0.0,
+            has_nan: false,
+            passed: true,
+            detail: "SKIPPED: the device is older than sm_80 (mma.sync bf16)".into(),
+        });
+    }
+    let seqs = [(0usize, 300usize), (100, 70), (7, 1), (0, 64), (2000, 65)];
+    let shape = AttentionShape {
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 128,
+    };
+    let a = attention_check(b, rng, "paged_attention_flash", &seqs, shape, Path::Flash)?;
+    let seqs = [(0usize, 130usize), (33, 3), (5, 80)];
+    let shape = AttentionShape {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+    };
+    let c = attention_check(b, rng, "paged_attention_flash", &seqs, shape, Path::Flash)?;
+    Ok(super::check::merge("paged_attention_flash", a, c))
 }
 
 /// `paged_attention` on a mixed batch: long sequences through cuBLAS, the rest through

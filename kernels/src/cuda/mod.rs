@@ -17,6 +17,7 @@
 //! [`crate::KernelError`] (`Shape` as `InvalidArgument`, the rest as `CudaUnavailable`).
 
 pub mod attn;
+mod attn_flash;
 mod attn_gemm;
 mod batch;
 pub mod check;
@@ -31,6 +32,7 @@ pub mod ops_fused;
 mod profile;
 mod source;
 mod source_attn;
+mod source_flash;
 mod tensor;
 
 pub use attn::PagedKvCache;

@@ -309,7 +309,7 @@ extern "C" __global__ void weft_qkv_rope(const bf16_t* __restrict__ qkv,
 }
 
 /* Seeded random bf16 values without files: out[i] = offset + scale * u_i, u_i uniform in
-   [-1, 1) from splitmix64(key + i). 1-D grid-stride loop. */
+   -1 <= u < 1, from splitmix64 of (key, i). 1-D grid-stride loop. */
 extern "C" __global__ void weft_fill_random(bf16_t* __restrict__ out, long long n,
                                             unsigned long long key, float scale,
                                             float offset) {
@@ -543,6 +543,8 @@ pub(crate) mod names {
     pub const PREFILL: &str = "weft_paged_prefill";
     pub const GATHER_KV: &str = "weft_gather_kv";
     pub const CAUSAL_SOFTMAX: &str = "weft_causal_softmax";
+    pub const FLASH_64: &str = "weft_flash_prefill_64";
+    pub const FLASH_128: &str = "weft_flash_prefill_128";
 }
 
 /// One NVRTC program: its source parts (concatenated) and the kernels it defines.
@@ -581,13 +583,19 @@ pub(crate) const PROGRAMS: &[Program] = &[
     },
     Program {
         name: "weft_attention",
-        parts: &[COMMON, super::source_attn::ATTENTION],
+        parts: &[
+            COMMON,
+            super::source_attn::ATTENTION,
+            super::source_flash::FLASH,
+        ],
         functions: &[
             names::DECODE_PART,
             names::DECODE_REDUCE,
             names::PREFILL,
             names::GATHER_KV,
             names::CAUSAL_SOFTMAX,
+            names::FLASH_64,
+            names::FLASH_128,
         ],
     },
 ];
@@ -627,6 +635,8 @@ mod tests {
             names::PREFILL,
             names::GATHER_KV,
             names::CAUSAL_SOFTMAX,
+            names::FLASH_64,
+            names::FLASH_128,
         ];
         for name in all {
             let owners: Vec<_> = PROGRAMS
@@ -634,8 +644,15 @@ mod tests {
                 .filter(|p| p.functions.contains(&name))
                 .collect();
             assert_eq!(owners.len(), 1, "{name}");
+            // Declared directly, or through the flash kernels' macro.
             let decl = format!("extern \"C\" __global__ void {name}(");
-            assert_eq!(owners[0].source().matches(&decl).count(), 1, "{name}");
+            let by_macro = format!("FL_KERNEL({name},");
+            let src = owners[0].source();
+            assert_eq!(
+                src.matches(&decl).count() + src.matches(&by_macro).count(),
+                1,
+                "{name}"
+            );
         }
         let listed: usize = PROGRAMS.iter().map(|p| p.functions.len()).sum();
         assert_eq!(listed, all.len());
@@ -665,7 +682,10 @@ mod tests {
     #[test]
     fn host_constants_match_the_sources() {
         let attn = super::super::source_attn::ATTENTION;
-        assert_eq!(define(attn, "DEC_PART"), Some(super::super::attn::DEC_PART));
+        assert_eq!(
+            define(attn, "DEC_PART_MAX"),
+            Some(super::super::attn::DEC_PART_MAX)
+        );
         assert_eq!(define(attn, "DEC_GMAX"), Some(super::super::attn::DEC_GMAX));
         assert_eq!(define(attn, "PF_BQ"), Some(super::super::attn::PF_BQ));
         let max_hd = super::super::attn::ATTENTION_MAX_HEAD_DIM;

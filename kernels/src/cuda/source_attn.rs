@@ -3,7 +3,7 @@
 //!
 //! * Decode (one new token per sequence, already written to the pool): split-K /
 //!   flash-decoding. `weft_paged_decode_part` gives each (sequence, KV head, group chunk of
-//!   up to `DEC_GMAX` query heads, partition of `DEC_PART` positions) one block of 128
+//!   up to `DEC_GMAX` query heads, partition of `part_len <= DEC_PART_MAX` positions) one block of 128
 //!   threads, which computes the partition's max, sum of exponentials and unnormalized
 //!   `sum p * v`; `weft_paged_decode_reduce` merges the partitions of each (sequence, head).
 //! * Prefill (any number of new tokens per sequence, already written to the pool, keys of
@@ -13,14 +13,14 @@
 //!   running max, sum and output in registers.
 //!
 //! Both are GQA-aware (the query heads of one KV head share each K/V load), need an even
-//! `head_dim <= ATT_MAX_HD`, and skip (treat as masked) any block-table entry outside the
+//! `head_dim <= ATT_MAX_HD` (decode: a multiple of 8, read as 16-byte words), and skip (treat as masked) any block-table entry outside the
 //! pool: the host validates the tables before a launch, the kernels never read out of
-//! bounds even if it did not. Static shared memory: decode 8 KiB + 1 KiB + 8 KiB, prefill 41 KiB
+//! bounds even if it did not. Static shared memory: decode 8 KiB + 1 KiB + 32 KiB, prefill 41 KiB
 //! (under the 48 KiB that needs no opt-in).
 pub(crate) const ATTENTION: &str = r#"
 #define ATT_MAX_HD 256
 #define ATT_MAX_HP (ATT_MAX_HD / 2)
-#define DEC_PART 32
+#define DEC_PART_MAX 128
 #define DEC_THREADS 128
 #define DEC_GMAX 8
 #define PF_BQ 16
@@ -40,45 +40,55 @@ __device__ __forceinline__ long long slot_of(const int* table, int max_blocks, i
 }
 
 /* What one decode block works on: DEC_GMAX (or fewer) query heads of one KV head, over
-   positions t0..t0+n of one sequence. */
+   positions t0..t0+n of one sequence. Rows are read as 16-byte words of 8 bf16 (hd % 8
+   == 0, host-checked; rows are 16-byte aligned since the pools are). */
 struct DecBlock {
     const int* table;
-    const u32* k32;
-    const u32* v32;
-    int max_blocks, block_size, num_blocks, kv_heads, kvh, hd, hp, t0, n, gcount;
+    const uint4* k;
+    const uint4* v;
+    int max_blocks, block_size, num_blocks, kv_heads, kvh, hd, t0, n, gcount;
 };
 
-/* p_s[g][j] = scale * q_g . k_(t0+j) (or -inf for a position outside the pool): one warp
-   per position, lanes split the head dimension. */
+__device__ __forceinline__ const uint4* dec_row(const DecBlock& B, const uint4* pool,
+                                                long long slot) {
+    return pool + ((size_t)slot * B.kv_heads + B.kvh) * (B.hd / 8);
+}
+
+__device__ __forceinline__ float dot8(const float* q, uint4 k) {
+    return q[0] * bf_lo(k.x) + q[1] * bf_hi(k.x) + q[2] * bf_lo(k.y) + q[3] * bf_hi(k.y) +
+           q[4] * bf_lo(k.z) + q[5] * bf_hi(k.z) + q[6] * bf_lo(k.w) + q[7] * bf_hi(k.w);
+}
+
+/* p_s[g][j] = scale * q_g . k_(t0+j) (or -inf for a position outside the pool): `lpp`
+   lanes per position (the power of two at or above hd / 8), each one 16-byte word of the
+   K row, so a warp reads 32 / lpp rows at once. */
 __device__ __forceinline__ void dec_scores(const DecBlock& B, const float* q_s, float* p_s,
                                            float scale) {
+    const int nv = B.hd / 8;
+    int lpp = 1;
+    while (lpp < nv) lpp <<= 1;
+    const int per_warp = 32 / lpp;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-#pragma unroll 8
-    for (int j = warp; j < B.n; j += nwarps) {
+    const int sub = lane / lpp, li = lane - sub * lpp;
+    for (int j0 = warp * per_warp; j0 < B.n; j0 += nwarps * per_warp) {
+        const int j = j0 + sub;
         const long long slot =
-            slot_of(B.table, B.max_blocks, B.t0 + j, B.block_size, B.num_blocks);
+            j < B.n ? slot_of(B.table, B.max_blocks, B.t0 + j, B.block_size, B.num_blocks) : -1;
+        uint4 kw = make_uint4(0u, 0u, 0u, 0u);
+        if (slot >= 0 && li < nv) kw = dec_row(B, B.k, slot)[li];
         float dots[DEC_GMAX];
 #pragma unroll
-        for (int g = 0; g < DEC_GMAX; g++) dots[g] = 0.0f;
-        if (slot >= 0) {
-            const u32* krow = B.k32 + ((size_t)slot * B.kv_heads + B.kvh) * B.hp;
-            for (int pi = lane; pi < B.hp; pi += 32) {
-                const u32 w = krow[pi];
-                const float k0 = bf_lo(w), k1 = bf_hi(w);
-#pragma unroll
-                for (int g = 0; g < DEC_GMAX; g++) {
-                    if (g < B.gcount) {
-                        dots[g] += q_s[g * ATT_MAX_HD + 2 * pi] * k0
-                                 + q_s[g * ATT_MAX_HD + 2 * pi + 1] * k1;
-                    }
-                }
-            }
-        }
-#pragma unroll
         for (int g = 0; g < DEC_GMAX; g++) {
-            if (g < B.gcount) {
-                const float s = warp_sum(dots[g]);
-                if (lane == 0) p_s[g * DEC_PART + j] = slot >= 0 ? s * scale : WEFT_NEG_INF;
+            dots[g] = (g < B.gcount && li < nv) ? dot8(q_s + g * ATT_MAX_HD + li * 8, kw) : 0.0f;
+        }
+        for (int o = lpp / 2; o > 0; o >>= 1) {
+#pragma unroll
+            for (int g = 0; g < DEC_GMAX; g++) dots[g] += __shfl_xor_sync(WEFT_FULL_MASK, dots[g], o);
+        }
+        if (li == 0 && j < B.n) {
+#pragma unroll
+            for (int g = 0; g < DEC_GMAX; g++) {
+                if (g < B.gcount) p_s[g * DEC_PART_MAX + j] = slot >= 0 ? dots[g] * scale : WEFT_NEG_INF;
             }
         }
     }
@@ -91,13 +101,13 @@ __device__ __forceinline__ void dec_softmax(const DecBlock& B, float* p_s, float
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     for (int g = warp; g < B.gcount; g += nwarps) {
         float m = WEFT_NEG_INF;
-        for (int j = lane; j < B.n; j += 32) m = fmaxf(m, p_s[g * DEC_PART + j]);
+        for (int j = lane; j < B.n; j += 32) m = fmaxf(m, p_s[g * DEC_PART_MAX + j]);
         m = warp_max(m);
         float l = 0.0f;
         for (int j = lane; j < B.n; j += 32) {
-            const float s = p_s[g * DEC_PART + j];
+            const float s = p_s[g * DEC_PART_MAX + j];
             const float p = s == WEFT_NEG_INF ? 0.0f : expf(s - m);
-            p_s[g * DEC_PART + j] = p;
+            p_s[g * DEC_PART_MAX + j] = p;
             l += p;
         }
         l = warp_sum(l);
@@ -110,39 +120,43 @@ __device__ __forceinline__ void dec_softmax(const DecBlock& B, float* p_s, float
 }
 
 /* part_acc[(ml0 + g * max_parts) * hd + d] = sum_j p_s[g][j] * v_(t0+j)[d]. Thread =
-   (position group tg, pair pi); the partial sums of the position groups meet in red
-   (n_tg * gcount * hd <= 2 * DEC_THREADS * DEC_GMAX floats). */
+   (position group tg, 16-byte column c): ngroups = blockDim / (hd / 8) groups each sum
+   every ngroups-th position; their partial sums meet in red (ngroups * gcount * hd <=
+   DEC_THREADS * DEC_GMAX * 8 floats). */
 __device__ __forceinline__ void dec_pv(const DecBlock& B, const float* p_s, float* red,
                                        float* part_acc, size_t ml0, int max_parts) {
-    const int n_tg = blockDim.x / B.hp;
-    const int tg = threadIdx.x / B.hp, pi = threadIdx.x - tg * B.hp;
-    float acc[DEC_GMAX][2];
+    const int nv = B.hd / 8;
+    const int ngroups = blockDim.x / nv;
+    const int tg = threadIdx.x / nv, c = threadIdx.x - tg * nv;
+    float acc[DEC_GMAX][8];
 #pragma unroll
-    for (int g = 0; g < DEC_GMAX; g++) { acc[g][0] = 0.0f; acc[g][1] = 0.0f; }
-    if (tg < n_tg) {
+    for (int g = 0; g < DEC_GMAX; g++) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
+    }
+    if (tg < ngroups) {
 #pragma unroll 4
-        for (int j = tg; j < B.n; j += n_tg) {
+        for (int j = tg; j < B.n; j += ngroups) {
             const long long slot =
                 slot_of(B.table, B.max_blocks, B.t0 + j, B.block_size, B.num_blocks);
             if (slot < 0) continue;
-            const u32 w = B.v32[((size_t)slot * B.kv_heads + B.kvh) * B.hp + pi];
-            const float v0 = bf_lo(w), v1 = bf_hi(w);
+            const uint4 w = dec_row(B, B.v, slot)[c];
+            const float v[8] = {bf_lo(w.x), bf_hi(w.x), bf_lo(w.y), bf_hi(w.y),
+                                bf_lo(w.z), bf_hi(w.z), bf_lo(w.w), bf_hi(w.w)};
 #pragma unroll
             for (int g = 0; g < DEC_GMAX; g++) {
                 if (g < B.gcount) {
-                    const float p = p_s[g * DEC_PART + j];
-                    acc[g][0] += p * v0;
-                    acc[g][1] += p * v1;
+                    const float p = p_s[g * DEC_PART_MAX + j];
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[g][e] += p * v[e];
                 }
             }
         }
-    }
-    if (tg < n_tg) {
 #pragma unroll
         for (int g = 0; g < DEC_GMAX; g++) {
             if (g < B.gcount) {
-                red[(tg * B.gcount + g) * B.hd + 2 * pi] = acc[g][0];
-                red[(tg * B.gcount + g) * B.hd + 2 * pi + 1] = acc[g][1];
+#pragma unroll
+                for (int e = 0; e < 8; e++) red[(tg * B.gcount + g) * B.hd + c * 8 + e] = acc[g][e];
             }
         }
     }
@@ -150,7 +164,7 @@ __device__ __forceinline__ void dec_pv(const DecBlock& B, const float* p_s, floa
     for (int i = threadIdx.x; i < B.gcount * B.hd; i += blockDim.x) {
         const int g = i / B.hd, d = i - g * B.hd;
         float s = 0.0f;
-        for (int u = 0; u < n_tg; u++) s += red[(u * B.gcount + g) * B.hd + d];
+        for (int u = 0; u < ngroups; u++) s += red[(u * B.gcount + g) * B.hd + d];
         part_acc[(ml0 + (size_t)g * max_parts) * B.hd + d] = s;
     }
 }
@@ -164,32 +178,31 @@ extern "C" __global__ void weft_paged_decode_part(
     const bf16_t* __restrict__ v_pool, const int* __restrict__ block_tables,
     const int* __restrict__ ctx_lens, float* __restrict__ part_ml,
     float* __restrict__ part_acc, int n_heads, int kv_heads, int hd, int block_size,
-    int num_blocks, int max_blocks, int max_parts, float scale) {
+    int num_blocks, int max_blocks, int max_parts, int part_len, float scale) {
     __shared__ float q_s[DEC_GMAX * ATT_MAX_HD];
-    __shared__ float p_s[DEC_GMAX * DEC_PART];
-    __shared__ float red_s[2 * DEC_THREADS * DEC_GMAX];
+    __shared__ float p_s[DEC_GMAX * DEC_PART_MAX];
+    __shared__ float red_s[DEC_THREADS * DEC_GMAX * 8];
     const int seq = blockIdx.x, part = blockIdx.z;
     const int group = n_heads / kv_heads;
     const int gchunks = (group + DEC_GMAX - 1) / DEC_GMAX;
     const int kvh = blockIdx.y / gchunks, g0 = (blockIdx.y - kvh * gchunks) * DEC_GMAX;
     const int ctx = ctx_lens[seq];
-    const int t0 = part * DEC_PART;
-    if (kvh >= kv_heads || t0 >= ctx || part >= max_parts || hd > ATT_MAX_HD || (hd & 1) ||
-        blockDim.x != DEC_THREADS)
+    const int t0 = part * part_len;
+    if (kvh >= kv_heads || t0 >= ctx || part >= max_parts || hd > ATT_MAX_HD || (hd & 7) ||
+        blockDim.x != DEC_THREADS || part_len < 1 || part_len > DEC_PART_MAX)
         return;
     DecBlock B;
     B.table = block_tables + (size_t)seq * max_blocks;
-    B.k32 = (const u32*)k_pool;
-    B.v32 = (const u32*)v_pool;
+    B.k = (const uint4*)k_pool;
+    B.v = (const uint4*)v_pool;
     B.max_blocks = max_blocks;
     B.block_size = block_size;
     B.num_blocks = num_blocks;
     B.kv_heads = kv_heads;
     B.kvh = kvh;
     B.hd = hd;
-    B.hp = hd / 2;
     B.t0 = t0;
-    B.n = weft_imin(DEC_PART, ctx - t0);
+    B.n = weft_imin(part_len, ctx - t0);
     B.gcount = weft_imin(DEC_GMAX, group - g0);
     const int h0 = kvh * group + g0;
     for (int i = threadIdx.x; i < B.gcount * hd; i += blockDim.x) {
@@ -209,12 +222,12 @@ extern "C" __global__ void weft_paged_decode_part(
 extern "C" __global__ void weft_paged_decode_reduce(
     const float* __restrict__ part_ml, const float* __restrict__ part_acc,
     const int* __restrict__ ctx_lens, bf16_t* __restrict__ out, int n_heads, int hd,
-    int max_parts) {
+    int max_parts, int part_len) {
     __shared__ float red[32];
     const int seq = blockIdx.x, h = blockIdx.y;
-    if (h >= n_heads) return;
+    if (h >= n_heads || part_len < 1) return;
     const int ctx = ctx_lens[seq];
-    const int nparts = ctx <= 0 ? 0 : weft_imin((ctx + DEC_PART - 1) / DEC_PART, max_parts);
+    const int nparts = ctx <= 0 ? 0 : weft_imin((ctx + part_len - 1) / part_len, max_parts);
     const size_t base = ((size_t)seq * n_heads + h) * max_parts;
     float m = WEFT_NEG_INF;
     for (int p = threadIdx.x; p < nparts; p += blockDim.x) m = fmaxf(m, part_ml[2 * (base + p)]);
@@ -409,12 +422,15 @@ extern "C" __global__ void weft_gather_kv(
     }
 }
 
+#define SM_PER_THREAD 16
+
 /* Causal softmax of the GEMM prefill path: s [heads, n, kend] f32 scores (already
    scaled) in, probabilities out as two bf16 terms p_hi + p_lo [heads, n, kend] (p_hi the
    rounded probability, p_lo what rounding left), so the P.V GEMMs lose no more than f32
    would. Row i of a head is the query at position q_pos0 + i, which sees keys
-   0..=q_pos0 + i; later keys get probability 0. grid (n, heads), block any multiple of 32
-   up to 1024. */
+   0..=q_pos0 + i; later keys get probability 0. Rows of up to SM_PER_THREAD * blockDim
+   allowed keys are read once and kept in registers; longer ones take three passes.
+   grid (n, heads), block any multiple of 32 up to 1024. */
 extern "C" __global__ void weft_causal_softmax(const float* __restrict__ s,
                                                bf16_t* __restrict__ p_hi,
                                                bf16_t* __restrict__ p_lo, int n, int kend,
@@ -425,9 +441,44 @@ extern "C" __global__ void weft_causal_softmax(const float* __restrict__ s,
     const size_t base = ((size_t)h * n + i) * kend;
     const float* row = s + base;
     const int allowed = weft_imin(kend, q_pos0 + i + 1);
+    if (allowed <= SM_PER_THREAD * (int)blockDim.x) {
+        /* One read of the row, kept in registers. */
+        float v[SM_PER_THREAD];
+        float m = WEFT_NEG_INF;
+#pragma unroll
+        for (int u = 0; u < SM_PER_THREAD; u++) {
+            const int c = threadIdx.x + u * blockDim.x;
+            v[u] = c < allowed ? row[c] : WEFT_NEG_INF;
+            m = fmaxf(m, v[u]);
+        }
+        m = block_max(m, red);
+        float l = 0.0f;
+#pragma unroll
+        for (int u = 0; u < SM_PER_THREAD; u++) {
+            const int c = threadIdx.x + u * blockDim.x;
+            v[u] = c < allowed ? expf(v[u] - m) : 0.0f;
+            l += v[u];
+        }
+        l = block_sum(l, red);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+        for (int u = 0; u < SM_PER_THREAD; u++) {
+            const int c = threadIdx.x + u * blockDim.x;
+            if (c < kend) {
+                const float p = v[u] * inv;
+                const bf16_t hi = f2bf(p);
+                p_hi[base + c] = hi;
+                p_lo[base + c] = f2bf(p - bf2f(hi));
+            }
+        }
+        for (int c = SM_PER_THREAD * blockDim.x + threadIdx.x; c < kend; c += blockDim.x) {
+            p_hi[base + c] = (bf16_t)0;
+            p_lo[base + c] = (bf16_t)0;
+        }
+        return;
+    }
     float m = WEFT_NEG_INF;
-    for (int c = threadIdx.x; c < allowed; c += blockDim.x) m = fmaxf(m, row[c]);
-    m = block_max(m, red);
+    for (int c = threadIdx.x; c < allowed; c += blockDim.x) m = fmaxf(m, row[c]);    m = block_max(m, red);
     float l = 0.0f;
     for (int c = threadIdx.x; c < allowed; c += blockDim.x) l += expf(row[c] - m);
     l = block_sum(l, red);

@@ -3,6 +3,7 @@
 //! final table; a stage that fails says why and the run goes on.
 
 mod model;
+pub mod serve_fixture;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,6 +32,21 @@ pub struct GpuCheckArgs {
     /// Decode steps timed per batch size.
     #[arg(long, default_value_t = 32)]
     pub decode_steps: usize,
+    /// Another task instead of the check.
+    #[command(subcommand)]
+    pub command: Option<GpuCheckCommand>,
+}
+
+/// Tasks of `weft-gpu-check` other than the check itself.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum GpuCheckCommand {
+    /// Writes the inputs of the serving stage of scripts/gpu-check.sh (no
+    /// GPU needed): DIR/model (a synthetic checkpoint with a
+    /// tokenizer.json) and DIR/prompts.jsonl (weft-load's jsonl dataset).
+    WriteServeFixture {
+        /// The folder to write into (created if needed).
+        dir: PathBuf,
+    },
 }
 
 /// One row of the final table.
