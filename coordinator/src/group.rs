@@ -14,6 +14,8 @@ use crate::CoordinatorError;
 #[derive(Clone)]
 pub struct WorkerGroup {
     clients: Vec<WorkerClient<Channel>>,
+    /// Who the ranks are (their processes' instances included).
+    members: Vec<Member>,
 }
 
 impl WorkerGroup {
@@ -28,7 +30,10 @@ impl WorkerGroup {
             let ch = tls::connect(&tls::url(&m.worker_addr, tls), tls).await?;
             clients.push(WorkerClient::new(ch).max_decoding_message_size(64 << 20));
         }
-        Ok(WorkerGroup { clients })
+        Ok(WorkerGroup {
+            clients,
+            members: members.to_vec(),
+        })
     }
 
     pub fn world_size(&self) -> usize {
@@ -123,14 +128,22 @@ impl WorkerGroup {
     }
 
     /// Asks every worker to exit; errors are ignored (it may be gone).
+    /// Asks every rank's process to exit (a replacement that took a rank's address
+    /// meanwhile ignores the request: it names the process it means).
     pub async fn shutdown(&self) {
-        let calls = self.clients.iter().map(|c| {
+        let calls = self.clients.iter().zip(&self.members).map(|(c, m)| {
             let mut c = c.clone();
+            let instance = m.instance;
             async move {
-                let _ = c.shutdown(pb::ShutdownRequest {}).await;
+                let _ = c.shutdown(pb::ShutdownRequest { instance }).await;
             }
         });
         join_all(calls).await;
+    }
+
+    /// The ranks' members, by rank.
+    pub fn members(&self) -> &[Member] {
+        &self.members
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Member {
     pub comm_addr: String,
     /// Whether the rank computes on a CUDA device.
     pub cuda: bool,
+    /// The worker process's random id (0 if it sent none).
+    pub instance: u64,
 }
 
 /// Registration and shard streaming for one worker group.
@@ -65,6 +67,21 @@ impl Registry {
         self.complete.send_replace(false);
     }
 
+    /// Forgets the members that are the processes `gone` (by instance; a failed
+    /// group's, asked to exit), keeping every registration of another process: a
+    /// replacement may register before the failure is even noticed, and a worker that
+    /// registered waits for its load without registering again.
+    pub fn forget(&self, gone: &[Member]) {
+        let mut members = lock(&self.members);
+        for slot in members.iter_mut() {
+            if slot.as_ref().is_some_and(|m| gone.contains(m)) {
+                *slot = None;
+            }
+        }
+        let complete = members.iter().all(Option::is_some);
+        self.complete.send_replace(complete);
+    }
+
     fn register(&self, req: &pb::RegisterRequest) -> Result<(), Status> {
         let rank = req.rank as usize;
         if rank >= self.world {
@@ -87,10 +104,13 @@ impl Registry {
             worker_addr: req.worker_addr.clone(),
             comm_addr: req.comm_addr.clone(),
             cuda: req.device == pb::DeviceKind::Cuda as i32,
+            instance: req.instance,
         };
         let mut members = lock(&self.members);
         match &members[rank] {
-            Some(m) if *m != member => {
+            // Another place claims the rank; a new process at the same place
+            // (a restart) takes it over.
+            Some(m) if m.worker_addr != member.worker_addr || m.comm_addr != member.comm_addr => {
                 return Err(Status::already_exists(format!(
                     "rank {rank} is already claimed by {}",
                     m.worker_addr

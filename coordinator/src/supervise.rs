@@ -70,9 +70,13 @@ impl Supervisor<'_> {
                 .set_not_serving(format!("re-forming the worker group after: {why}"));
             if let Some(g) = stale.take() {
                 let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, g.shutdown()).await;
+                // The failed group's processes are gone or going; registrations of
+                // other processes (replacements, restarts) stay.
+                self.ctx.registry.forget(g.members());
             }
-            self.ctx.registry.reset();
             if let Some(local) = self.local.as_deref_mut() {
+                // Every local worker is started afresh: nobody registered counts.
+                self.ctx.registry.reset();
                 if let Err(e) = local.restart().await {
                     tracing::error!(error = %e, attempt, "cannot restart the local workers");
                     tokio::time::sleep(RETRY_PAUSE).await;

@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::load::{http_status, load, u};
+use common::load::{endings, http_status, load, recovered_after, u};
 use common::{children_of, model_path, wait_until, Cluster};
 use serde_json::Value;
 
@@ -48,17 +47,6 @@ fn record(cluster: &Cluster, dir: &std::path::Path, tokens: &str) -> String {
     );
     assert!(ok, "{err}");
     path
-}
-
-/// The endings weft-load reports, as "relation/ending" strings.
-fn endings(fault: &Value) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for (relation, group) in fault["endings"].as_object().expect("endings") {
-        for ending in group.as_object().expect("group").keys() {
-            out.insert(format!("{relation}/{ending}"));
-        }
-    }
-    out
 }
 
 /// Polls `/health` every 50 ms while `f` runs; returns `f`'s result and
@@ -149,20 +137,6 @@ fn run_with_fault(cluster: &Cluster, signal: &str, dir: &std::path::Path) -> (Va
         "NOT_SERVING for {outage:?}"
     );
     (r, outage)
-}
-
-/// When the first request sent after the fault succeeded, in seconds
-/// after the fault.
-fn recovered_after(r: &Value) -> f64 {
-    let fault_s = r["fault"]["started_s"].as_f64().expect("fault time");
-    r["request_log"]
-        .as_array()
-        .expect("log")
-        .iter()
-        .filter(|e| e["ending"] == "ok" && e["sent_s"].as_f64() >= Some(fault_s))
-        .filter_map(|e| e["ended_s"].as_f64())
-        .fold(f64::INFINITY, f64::min)
-        - fault_s
 }
 
 /// One cluster, healed twice (the tests run one after the other: two

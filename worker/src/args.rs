@@ -42,6 +42,13 @@ pub struct WorkerArgs {
     /// Seconds to keep retrying registration while the coordinator starts.
     #[arg(long, env = "WEFT_REGISTER_TIMEOUT", default_value_t = 60)]
     pub register_timeout_s: u64,
+    /// Once serving, seconds without any call from the coordinator (which checks every
+    /// rank's health every 2 s, waiting up to 5 s for each answer, so keep this above 7)
+    /// after which this worker considers itself cut off, stops serving and exits with an
+    /// error so that its supervisor restarts it and it joins the re-formed group; 0
+    /// disables.
+    #[arg(long, env = "WEFT_COORDINATOR_SILENCE_S", default_value_t = 15)]
+    pub coordinator_silence_s: u64,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]

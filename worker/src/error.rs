@@ -25,6 +25,8 @@ pub enum WorkerError {
     Transport(#[from] tonic::transport::Error),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("fenced: no call from the coordinator for over {0} s (cut off; exiting to rejoin)")]
+    Fenced(u64),
     #[error("engine thread is gone")]
     EngineGone,
     #[error("io error: {0}")]

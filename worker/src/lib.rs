@@ -15,6 +15,7 @@ pub mod process;
 pub mod service;
 pub mod shard_stream;
 pub mod tls;
+pub mod watchdog;
 
 pub use args::WorkerArgs;
 pub use error::WorkerError;

@@ -11,10 +11,17 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(weft_worker::service::run(
+    let result = runtime.block_on(weft_worker::service::run(
         args,
         weft_worker::process::shutdown_signal(),
-    ))?;
+    ));
+    if let Err(e @ weft_worker::WorkerError::Fenced(_)) = &result {
+        // Calls may still hang on the lost network (and the engine thread in a
+        // collective): exit now instead of waiting for the runtime to wind down.
+        eprintln!("Error: {e}");
+        std::process::exit(3);
+    }
+    result?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use crate::args::DeviceArgs;
 use crate::convert::config_from_proto;
 use crate::engine::{Backend, EngineConfig, EngineHandle};
 use crate::tls::{self, ClusterTls, PinnedPeer};
+use crate::watchdog::Contact;
 use crate::{shard_stream, WorkerArgs, WorkerError};
 use weft_kernels::Device;
 
@@ -42,6 +43,10 @@ struct State {
     shutdown: Arc<Notify>,
     /// Mutual TLS for calls to the coordinator (shard streaming).
     tls: Option<ClusterTls>,
+    /// When the coordinator last called (the self-fencing watchdog's input).
+    contact: Arc<Contact>,
+    /// This process's random id, sent at registration.
+    instance: u64,
 }
 
 /// The `Worker` service of one rank.
@@ -59,7 +64,7 @@ impl WorkerService {
         args: &WorkerArgs,
         comm_listener: std::net::TcpListener,
         shutdown: Arc<Notify>,
-        tls: Option<ClusterTls>,
+        (tls, contact, instance): (Option<ClusterTls>, Arc<Contact>, u64),
     ) -> Self {
         WorkerService {
             state: Arc::new(State {
@@ -72,6 +77,8 @@ impl WorkerService {
                 engine: Mutex::new(None),
                 shutdown,
                 tls,
+                contact,
+                instance,
             }),
         }
     }
@@ -244,6 +251,7 @@ impl Worker for WorkerService {
         request: Request<pb::StepRequest>,
     ) -> Result<Response<pb::StepResponse>, Status> {
         let engine = self.engine()?;
+        self.state.contact.arm();
         let req = request.into_inner();
         for s in req.seqs.iter().filter(|s| !s.traceparent.is_empty()) {
             // The client's trace context, so a request can be followed
@@ -279,8 +287,14 @@ impl Worker for WorkerService {
 
     async fn shutdown(
         &self,
-        _: Request<pb::ShutdownRequest>,
+        request: Request<pb::ShutdownRequest>,
     ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        let instance = request.into_inner().instance;
+        if instance != 0 && instance != self.state.instance {
+            // Meant for the process this one replaced at the same address.
+            tracing::info!("shutdown for another worker process ignored");
+            return Ok(Response::new(pb::ShutdownResponse {}));
+        }
         tracing::info!("shutdown requested by the coordinator");
         self.state.shutdown.notify_one();
         Ok(Response::new(pb::ShutdownResponse {}))
@@ -378,7 +392,14 @@ pub async fn run(
             )),
             (None, _) => None,
         };
-    let service = WorkerService::new(&args, comm_listener, stop.clone(), tls.clone());
+    let contact = Contact::new();
+    let instance = new_instance();
+    let service = WorkerService::new(
+        &args,
+        comm_listener,
+        stop.clone(),
+        (tls.clone(), contact.clone(), instance),
+    );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut builder = tonic::transport::Server::builder();
     if let Some(t) = &tls {
@@ -388,9 +409,16 @@ pub async fn run(
     }
     let worker = InterceptedService::new(
         WorkerServer::new(service).max_decoding_message_size(64 << 20),
-        move |req| match &pin {
-            Some(p) => p.check(req),
-            None => Ok(req),
+        {
+            let contact = contact.clone();
+            move |req| {
+                let req = match &pin {
+                    Some(p) => p.check(req)?,
+                    None => req,
+                };
+                contact.touch();
+                Ok(req)
+            }
         },
     );
     let server = builder
@@ -402,13 +430,41 @@ pub async fn run(
             }
         });
     let server = tokio::spawn(server);
-    register(&args, worker_addr, comm_addr, tls.as_ref()).await?;
+    register(&args, (worker_addr, comm_addr, instance), tls.as_ref()).await?;
     tracing::info!(rank = args.rank, %worker_addr, %comm_addr, "registered with the coordinator");
-    server
-        .await
-        .map_err(|e| WorkerError::NotReady(format!("server task failed: {e}")))??;
+    // Fenced, this worker leaves at once: a graceful stop would wait for calls whose
+    // answers cannot get through (the coordinator is out of reach).
+    tokio::select! {
+        r = server => {
+            r.map_err(|e| WorkerError::NotReady(format!("server task failed: {e}")))??;
+        }
+        _ = fence_on_silence(contact, args.coordinator_silence_s) => {
+            return Err(WorkerError::Fenced(args.coordinator_silence_s));
+        }
+    }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Resolves when the coordinator has been silent too long (never with a limit of 0).
+async fn fence_on_silence(contact: Arc<Contact>, limit_s: u64) {
+    if limit_s == 0 {
+        return std::future::pending().await;
+    }
+    let silent = crate::watchdog::watch(contact, Duration::from_secs(limit_s)).await;
+    tracing::error!(
+        silent_s = silent.as_secs_f64(),
+        "no call from the coordinator for over {limit_s} s: this worker is cut off; \
+         it stops serving and exits so that it can join the re-formed group"
+    );
+}
+
+/// A random nonzero id for this worker process.
+fn new_instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }
 
 /// The address peers are told for a bound listener: `--advertise-host` with
@@ -425,8 +481,7 @@ fn advertised(bound: SocketAddr, host: Option<IpAddr>) -> Result<SocketAddr, Wor
 
 async fn register(
     args: &WorkerArgs,
-    worker_addr: SocketAddr,
-    comm_addr: SocketAddr,
+    (worker_addr, comm_addr, instance): (SocketAddr, SocketAddr, u64),
     tls: Option<&ClusterTls>,
 ) -> Result<(), WorkerError> {
     use pb::coordinator_client::CoordinatorClient;
@@ -443,6 +498,7 @@ async fn register(
                         Device::Cpu => pb::DeviceKind::Cpu,
                         Device::Cuda(_) => pb::DeviceKind::Cuda,
                     } as i32,
+                    instance,
                 })
                 .await?;
             Ok::<(), WorkerError>(())

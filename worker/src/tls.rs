@@ -114,10 +114,16 @@ pub fn url(addr: &str, tls: Option<&ClusterTls>) -> String {
     }
 }
 
+/// How long a connection attempt to a cluster peer may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Connects to a cluster service, over mutual TLS when configured.
 pub async fn connect(url: &str, tls: Option<&ClusterTls>) -> Result<Channel, TlsError> {
+    // A bounded connect: an unreachable host (a link down) drops SYNs silently, and a
+    // caller that retries must get its error back well before the kernel gives up.
     let mut endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| TlsError::Config(format!("{url}: {e}")))?;
+        .map_err(|e| TlsError::Config(format!("{url}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT);
     if let Some(t) = tls {
         endpoint = endpoint
             .tls_config(t.client())

@@ -1,5 +1,6 @@
 //! Running `weft-load` against a test cluster.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,9 +13,30 @@ use super::Cluster;
 /// exit success, its JSON report and its standard error. Every run is
 /// expected to end within a minute.
 pub fn load(cluster: &Cluster, args: &[&str], json: &Path) -> (bool, Value, String) {
-    let target = format!("grpc://{}", cluster.client_addr);
+    load_at(None, cluster.client_addr, args, json)
+}
+
+/// [`load`] against the gRPC API at `addr`, run inside the network namespace `netns`
+/// (`ip netns exec`) when given.
+pub fn load_at(
+    netns: Option<&str>,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+    json: &Path,
+) -> (bool, Value, String) {
+    let target = format!("grpc://{addr}");
     let started = Instant::now();
-    let out = Command::new(super::bin("weft-load"))
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(super::bin("weft-load"));
+            // A host's own address, not loopback.
+            c.arg("--allow-remote");
+            c
+        }
+        None => Command::new(super::bin("weft-load")),
+    };
+    let out = cmd
         .args(["--target", &target, "--no-progress", "--json"])
         .arg(json)
         .args(args)
@@ -50,4 +72,29 @@ pub fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// The endings weft-load reports, as "relation/ending" strings.
+pub fn endings(fault: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (relation, group) in fault["endings"].as_object().expect("endings") {
+        for ending in group.as_object().expect("group").keys() {
+            out.insert(format!("{relation}/{ending}"));
+        }
+    }
+    out
+}
+
+/// When the first request sent after the fault succeeded, in seconds
+/// after the fault.
+pub fn recovered_after(r: &Value) -> f64 {
+    let fault_s = r["fault"]["started_s"].as_f64().expect("fault time");
+    r["request_log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter(|e| e["ending"] == "ok" && e["sent_s"].as_f64() >= Some(fault_s))
+        .filter_map(|e| e["ended_s"].as_f64())
+        .fold(f64::INFINITY, f64::min)
+        - fault_s
 }

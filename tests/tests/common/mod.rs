@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod netns;
 pub mod reference;
 pub mod server;
 
