@@ -6,6 +6,7 @@
 # tests check the clean failure and report the GPU parts skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/system-deps.sh
 scripts/fetch-model.sh
 cargo build --release --workspace --all-features --bins
 cargo test --release --workspace --all-features "$@"

@@ -1,0 +1,25 @@
+//! Cluster membership through etcd.
+//!
+//! Workers [`register`] their rank under `{prefix}/ranks/{rank}` with a
+//! create-if-absent transaction, attached to a lease that a task of its own
+//! keeps alive; a worker whose lease lapses fences itself
+//! ([`Registration::fenced`], [`Registration::fence_signal`]) and must stop
+//! serving steps. The coordinator [`watch_members`]: a consistent listing,
+//! then a watch that resumes from the last delivered revision after a
+//! reconnect and re-lists after compaction. Without etcd endpoints the
+//! cluster keeps its embedded static membership ([`MembershipMode::Static`]).
+
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod keepalive;
+mod member;
+mod register;
+mod watch;
+
+pub use config::{EtcdConfig, EtcdTls, MembershipMode, TlsIdentity};
+pub use error::MembershipError;
+pub use member::MemberInfo;
+pub use register::{register, Registration};
+pub use watch::{watch_members, MemberWatch, MembershipEvent, WATCH_CHANNEL_CAPACITY};
