@@ -53,6 +53,8 @@ pub struct WorkerArgs {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+    #[command(flatten)]
+    pub etcd: crate::membership::EtcdArgs,
     /// With TLS: the coordinator's certificate (PEM); only a client
     /// presenting exactly this certificate may call this worker.
     #[arg(long, env = "WEFT_COORDINATOR_CERT", requires = "tls_cert")]

@@ -27,6 +27,10 @@ pub enum WorkerError {
     Tls(#[from] crate::tls::TlsError),
     #[error("fenced: no call from the coordinator for over {0} s (cut off; exiting to rejoin)")]
     Fenced(u64),
+    #[error("etcd membership: {0}")]
+    Membership(String),
+    #[error("fenced: the rank's lease in etcd lapsed (exiting to claim it again)")]
+    LeaseLapsed,
     #[error("engine thread is gone")]
     EngineGone,
     #[error("io error: {0}")]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod gpu;
 #[cfg(feature = "cuda")]
 pub mod gpu_check;
+pub mod membership;
 pub mod process;
 pub mod service;
 pub mod shard_stream;

@@ -430,7 +430,18 @@ pub async fn run(
             }
         });
     let server = tokio::spawn(server);
-    register(&args, (worker_addr, comm_addr, instance), tls.as_ref()).await?;
+    let lease = crate::membership::claim(crate::membership::Claim {
+        rank: args.rank,
+        worker_addr,
+        device: args.device.device.to_string(),
+        instance,
+        args: &args.etcd,
+    })
+    .await?;
+    tokio::select! {
+        r = register(&args, (worker_addr, comm_addr, instance), tls.as_ref()) => r?,
+        _ = lease.lapsed() => return Err(WorkerError::LeaseLapsed),
+    }
     tracing::info!(rank = args.rank, %worker_addr, %comm_addr, "registered with the coordinator");
     // Fenced, this worker leaves at once: a graceful stop would wait for calls whose
     // answers cannot get through (the coordinator is out of reach).
@@ -441,7 +452,12 @@ pub async fn run(
         _ = fence_on_silence(contact, args.coordinator_silence_s) => {
             return Err(WorkerError::Fenced(args.coordinator_silence_s));
         }
+        _ = lease.lapsed() => {
+            tracing::error!("the rank's lease in etcd lapsed: this worker stops serving and exits");
+            return Err(WorkerError::LeaseLapsed);
+        }
     }
+    lease.release().await;
     tracing::info!("worker stopped");
     Ok(())
 }
