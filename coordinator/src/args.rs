@@ -25,6 +25,9 @@ pub struct CoordinatorArgs {
     /// Mutual TLS on the cluster API (to and from the workers).
     #[command(flatten)]
     pub tls: weft_worker::tls::TlsArgs,
+    /// The ranks' claims in etcd, watched (the workers' settings).
+    #[command(flatten)]
+    pub etcd: weft_worker::membership::EtcdArgs,
 }
 
 /// How chat output of a reasoning model is split.

@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod kv;
 pub mod local;
+pub mod members;
 pub mod metrics;
 pub mod openai;
 pub mod registry;

@@ -22,6 +22,8 @@ pub struct LocalWorkerConfig {
     /// The coordinator's TLS files: local workers use its identity and pin
     /// its certificate.
     pub tls: Option<weft_worker::tls::TlsArgs>,
+    /// Where local workers claim their ranks (no endpoints: static membership).
+    pub etcd: weft_worker::membership::EtcdArgs,
 }
 
 /// `--worker-device`: `cpu`, or `cuda` / `cuda:N` (rank r gets GPU N + r).
@@ -156,6 +158,24 @@ fn spawn_rank(cfg: &LocalWorkerConfig, rank: usize) -> Result<Child, Coordinator
             ("--tls-key", &t.tls_key),
             ("--tls-ca", &t.tls_ca),
             ("--coordinator-cert", &t.tls_cert),
+        ] {
+            if let Some(p) = path {
+                cmd.arg(flag).arg(p);
+            }
+        }
+    }
+    let e = &cfg.etcd;
+    if !e.etcd_endpoints.is_empty() {
+        cmd.arg("--etcd-endpoints")
+            .arg(e.etcd_endpoints.join(","))
+            .arg("--etcd-prefix")
+            .arg(&e.etcd_prefix)
+            .arg("--etcd-lease-ttl-s")
+            .arg(e.etcd_lease_ttl_s.to_string());
+        for (flag, path) in [
+            ("--etcd-ca", &e.etcd_ca),
+            ("--etcd-cert", &e.etcd_cert),
+            ("--etcd-key", &e.etcd_key),
         ] {
             if let Some(p) = path {
                 cmd.arg(flag).arg(p);

@@ -210,6 +210,7 @@ pub async fn run(
         health.clone(),
     );
     let serving = CancellationToken::new();
+    crate::members::spawn_watch(&args.etcd, health.clone(), serving.clone())?;
     let addr = listeners.client.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
     let grpc_task = tokio::spawn(serve_grpc(api.clone(), listeners.client, serving.clone()));
@@ -402,6 +403,7 @@ fn spawn_local_workers(
         debug_logits: args.local.worker_debug_logits,
         device: args.local.worker_device,
         tls: tls.map(|t| t.args.clone()),
+        etcd: args.etcd.clone(),
     })
     .map(Some)
 }

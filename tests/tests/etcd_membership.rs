@@ -100,3 +100,126 @@ async fn a_rank_has_one_holder_and_a_lapsed_lease_fences_the_worker() {
     );
     server.resume();
 }
+
+/// The lease of `rank`'s key.
+async fn lease_of(server: &etcd::EtcdServer, rank: u32) -> i64 {
+    let mut client = server.client().await;
+    let resp = client
+        .get(format!("{PREFIX}/ranks/{rank}"), None)
+        .await
+        .expect("get the rank's key");
+    resp.kvs().first().expect("rank is claimed").lease()
+}
+
+/// Runs 64 requests of 16 tokens at concurrency 32 on another thread; `fault` runs
+/// one second in. Returns the report.
+async fn under_load(
+    cluster: &common::Cluster,
+    json: std::path::PathBuf,
+    fault: impl std::future::Future<Output = ()>,
+) -> serde_json::Value {
+    let addr = cluster.client_addr;
+    let run = std::thread::spawn(move || {
+        common::load::load_at(
+            None,
+            addr,
+            &[
+                "--max-tokens",
+                "16",
+                "--requests",
+                "64",
+                "--concurrency",
+                "32",
+                "--max-duration-s",
+                "50",
+            ],
+            &json,
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fault.await;
+    let (_, report, _) = tokio::task::spawn_blocking(move || run.join().expect("load thread"))
+        .await
+        .expect("join");
+    let r = &report["requests"];
+    eprintln!("requests {r}");
+    let errors = r["errors"].as_object().expect("errors");
+    assert!(
+        errors.keys().all(|k| k == "grpc_Unavailable"),
+        "only UNAVAILABLE may end a request early: {r}"
+    );
+    assert!(
+        common::load::u(&r["failed"]) > 0,
+        "the fault reached no request: {r}"
+    );
+    report
+}
+
+/// Seconds until `/health` says 200 again (at most `limit`).
+fn serving_again(cluster: &common::Cluster, limit: Duration) -> f64 {
+    let start = Instant::now();
+    assert!(
+        common::wait_until(limit, || {
+            common::load::http_status(cluster.http_addr, "/health") == Some(200)
+        }),
+        "not serving again within {limit:?}"
+    );
+    start.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_group_survives_a_revoked_lease_and_a_stopped_etcd() {
+    let server = etcd::EtcdServer::start().await;
+    let endpoint = server.endpoint();
+    let model = common::model_path();
+    let cluster = common::Cluster::start(&[
+        "--model",
+        model.to_str().expect("utf-8 path"),
+        "--tp",
+        "3",
+        "--etcd-endpoints",
+        &endpoint,
+        "--etcd-prefix",
+        PREFIX,
+        "--etcd-lease-ttl-s",
+        "2",
+        "--recovery-wait-s",
+        "30",
+    ]);
+    for rank in 0..3 {
+        assert!(key_exists(&server, rank).await, "rank {rank} not claimed");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Rank 1's lease revoked under load: the worker fences itself, the coordinator
+    // sees the claim go and re-forms the group.
+    let lease = lease_of(&server, 1).await;
+    let client = server.client().await;
+    under_load(&cluster, dir.path().join("revoke.json"), async move {
+        let mut c = client;
+        c.lease_revoke(lease).await.expect("revoke");
+    })
+    .await;
+    let took = serving_again(&cluster, Duration::from_secs(30));
+    eprintln!("revoked lease: serving again {took:.1} s after the load run");
+    assert!(common::alive(cluster.pid()), "the coordinator died");
+
+    // etcd stops answering for 4 s under load: the workers fence themselves
+    // (TTL 2 s); once etcd is back they claim their ranks again.
+    let pid = server.pid() as u32;
+    under_load(&cluster, dir.path().join("stop.json"), async move {
+        common::signal(pid, libc::SIGSTOP);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        common::signal(pid, libc::SIGCONT);
+    })
+    .await;
+    let took = serving_again(&cluster, Duration::from_secs(30));
+    eprintln!("stopped etcd: serving again {took:.1} s after the load run");
+    assert!(common::alive(cluster.pid()), "the coordinator died");
+    let (ok, r, err) = common::load::load(
+        &cluster,
+        &["--max-tokens", "4", "--requests", "4"],
+        &dir.path().join("after.json"),
+    );
+    assert!(ok, "{err}\n{}", r["requests"]);
+}

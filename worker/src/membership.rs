@@ -48,8 +48,10 @@ pub struct RankLease {
     reg: Option<weft_membership::Registration>,
 }
 
+/// The etcd client settings these arguments describe (the coordinator's watch uses
+/// them too).
 #[cfg(feature = "etcd")]
-fn config(args: &EtcdArgs) -> weft_membership::EtcdConfig {
+pub fn config(args: &EtcdArgs) -> weft_membership::EtcdConfig {
     let mut cfg = weft_membership::EtcdConfig::new(args.etcd_endpoints.clone(), &args.etcd_prefix);
     cfg.lease_ttl = std::time::Duration::from_secs(args.etcd_lease_ttl_s);
     cfg.tls = args.etcd_ca.as_ref().map(|ca| weft_membership::EtcdTls {
@@ -66,8 +68,9 @@ fn config(args: &EtcdArgs) -> weft_membership::EtcdConfig {
     cfg
 }
 
-/// Claims the rank when etcd endpoints are given; a rank held by another worker is
-/// refused with the holder named.
+/// Claims the rank when etcd endpoints are given; a rank still held by another worker
+/// after two lease TTLs (a dead holder's claim lapses within one) is refused with the
+/// holder named.
 pub async fn claim(c: Claim<'_>) -> Result<RankLease, WorkerError> {
     if c.args.etcd_endpoints.is_empty() {
         return Ok(RankLease {
@@ -83,9 +86,7 @@ pub async fn claim(c: Claim<'_>) -> Result<RankLease, WorkerError> {
             device: c.device,
             instance: format!("{:016x}", c.instance),
         };
-        let reg = weft_membership::register(&config(c.args), info)
-            .await
-            .map_err(|e| WorkerError::Membership(e.to_string()))?;
+        let reg = claim_patiently(&config(c.args), info).await?;
         tracing::info!(rank = c.rank, key = reg.key(), "rank claimed in etcd");
         Ok(RankLease { reg: Some(reg) })
     }
@@ -93,6 +94,28 @@ pub async fn claim(c: Claim<'_>) -> Result<RankLease, WorkerError> {
     Err(WorkerError::InvalidArgument(
         "--etcd-endpoints: this worker was built without the `etcd` feature".into(),
     ))
+}
+
+/// Registers, waiting out a claim that may be a dead worker's: its key goes when its
+/// lease lapses, so a rank still held after two TTLs is really someone else's.
+#[cfg(feature = "etcd")]
+async fn claim_patiently(
+    cfg: &weft_membership::EtcdConfig,
+    info: weft_membership::MemberInfo,
+) -> Result<weft_membership::Registration, WorkerError> {
+    use weft_membership::MembershipError;
+    let patience = 2 * cfg.lease_ttl + std::time::Duration::from_secs(1);
+    let start = tokio::time::Instant::now();
+    loop {
+        match weft_membership::register(cfg, info.clone()).await {
+            Ok(reg) => return Ok(reg),
+            Err(e @ MembershipError::RankTaken { .. }) if start.elapsed() < patience => {
+                tracing::info!(error = %e, "rank held; waiting for the claim to lapse");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(WorkerError::Membership(e.to_string())),
+        }
+    }
 }
 
 impl RankLease {

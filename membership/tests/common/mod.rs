@@ -183,7 +183,7 @@ impl EtcdServer {
         self.dir.path()
     }
 
-    fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         let child = self.child.as_ref().expect("etcd is running");
         i32::try_from(child.id()).expect("pid fits i32")
     }

@@ -1,0 +1,79 @@
+//! The ranks' claims in etcd, watched (`--etcd-endpoints`, cargo feature `etcd`). A
+//! rank whose key goes away (its worker's lease lapsed, or the worker exited) while the
+//! group serves has left it: health goes NOT_SERVING at once, which makes the
+//! supervisor end the requests in flight and re-form the group, without waiting for a
+//! step deadline or a health check to find out. The watch resumes after a reconnect
+//! and re-lists after compaction (weft-membership).
+
+use tokio_util::sync::CancellationToken;
+use weft_worker::membership::EtcdArgs;
+
+use crate::health::Health;
+use crate::CoordinatorError;
+
+/// Starts the watch when etcd endpoints are given; it runs until `shutdown`.
+pub fn spawn_watch(
+    args: &EtcdArgs,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    if args.etcd_endpoints.is_empty() {
+        return Ok(());
+    }
+    #[cfg(feature = "etcd")]
+    {
+        let cfg = weft_worker::membership::config(args);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = watch(cfg, health) => {}
+            }
+        });
+        Ok(())
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (health, shutdown);
+        Err(CoordinatorError::InvalidArgument(
+            "--etcd-endpoints: this coordinator was built without the `etcd` feature".into(),
+        ))
+    }
+}
+
+#[cfg(feature = "etcd")]
+async fn watch(cfg: weft_membership::EtcdConfig, health: Health) {
+    use weft_membership::MembershipEvent;
+    loop {
+        match weft_membership::watch_members(&cfg).await {
+            Ok(mut w) => {
+                while let Some(event) = w.recv().await {
+                    match event {
+                        MembershipEvent::Snapshot(members) => {
+                            tracing::info!(ranks = members.len(), "ranks claimed in etcd");
+                        }
+                        MembershipEvent::Put(m) => {
+                            tracing::info!(rank = m.rank, worker = %m.address, "rank claimed in etcd");
+                        }
+                        MembershipEvent::Delete { rank } => left(&health, rank),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the ranks in etcd; retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// A rank's claim is gone: if the group serves, it has lost that rank.
+#[cfg(feature = "etcd")]
+fn left(health: &Health, rank: u32) {
+    tracing::warn!(
+        rank,
+        "rank left etcd (its lease lapsed or its worker exited)"
+    );
+    if health.state().serving {
+        health.set_not_serving(format!(
+            "rank {rank} left etcd: its worker's lease lapsed or it exited"
+        ));
+    }
+}
