@@ -368,41 +368,31 @@ fn gemm_rows(
     base: Baselines,
     rows: &mut Vec<Row>,
 ) {
-    match m.time_step_gemms(b, 1, 16) {
+    let stage = "GEMMs alone, 1 row";
+    rows.push(match m.time_step_gemms(b, 1, 16) {
         Ok(ms) => {
             let gbs = weight_bytes(cfg) / (ms * 1e-3) / 1e9;
-            rows.push(Row::new(
-                "GEMMs alone, 1 row",
-                format!(
-                    "{ms:.2} ms, {gbs:.0} GB/s = {:.0}% of copy",
-                    gbs / base.copy_gbs.max(1e-9) * 100.0
-                ),
+            let pct = gbs / base.copy_gbs.max(1e-9) * 100.0;
+            Row::new(
+                stage,
+                format!("{ms:.2} ms, {gbs:.0} GB/s = {pct:.0}% of copy"),
                 true,
-            ));
+            )
         }
-        Err(e) => rows.push(Row::new(
-            "GEMMs alone, 1 row",
-            format!("failed: {e}"),
-            false,
-        )),
-    }
-    match m.time_step_gemms(b, 2048, 3) {
+        Err(e) => Row::new(stage, format!("failed: {e}"), false),
+    });
+    let stage = "GEMMs alone, 2048 rows";
+    rows.push(match m.time_step_gemms(b, 2048, 3) {
         Ok(ms) => {
             let params = weight_bytes(cfg) / 2.0 - (cfg.hidden_size * cfg.vocab_size) as f64;
             let tflops = 2.0 * params * 2048.0 / (ms * 1e-3) / 1e12;
-            rows.push(Row::new(
-                "GEMMs alone, 2048 rows",
-                format!(
-                    "{ms:.1} ms, {tflops:.0} TFLOP/s = {:.0}% of GEMM",
-                    tflops / base.gemm_tflops.max(1e-9) * 100.0
-                ),
+            let pct = tflops / base.gemm_tflops.max(1e-9) * 100.0;
+            Row::new(
+                stage,
+                format!("{ms:.1} ms, {tflops:.0} TFLOP/s = {pct:.0}% of GEMM"),
                 true,
-            ));
+            )
         }
-        Err(e) => rows.push(Row::new(
-            "GEMMs alone, 2048 rows",
-            format!("failed: {e}"),
-            false,
-        )),
-    }
+        Err(e) => Row::new(stage, format!("failed: {e}"), false),
+    });
 }
