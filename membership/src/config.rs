@@ -49,27 +49,6 @@ pub struct TlsIdentity {
     pub key: PathBuf,
 }
 
-/// Which membership the cluster uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MembershipMode {
-    /// The embedded default: the coordinator's own static registry (workers
-    /// register over the cluster API); used when no etcd endpoint is given.
-    Static,
-    /// Membership through etcd.
-    Etcd(EtcdConfig),
-}
-
-impl MembershipMode {
-    /// `Static` when `endpoints` is empty, else etcd with default timeouts.
-    pub fn from_endpoints(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
-        if endpoints.is_empty() {
-            MembershipMode::Static
-        } else {
-            MembershipMode::Etcd(EtcdConfig::new(endpoints, prefix))
-        }
-    }
-}
-
 impl EtcdConfig {
     /// A config with a 10 s lease, a 3 s connect timeout and a 5 s request
     /// timeout, without TLS.
@@ -225,18 +204,6 @@ mod tests {
         cfg.prefix = "/weft".into();
         cfg.endpoints.clear();
         assert!(matches!(cfg.validate(), Err(MembershipError::Invalid(_))));
-    }
-
-    #[test]
-    fn static_without_endpoints() {
-        assert_eq!(
-            MembershipMode::from_endpoints(vec![], "/w"),
-            MembershipMode::Static
-        );
-        assert!(matches!(
-            MembershipMode::from_endpoints(vec!["e:1".into()], "/w"),
-            MembershipMode::Etcd(_)
-        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! serving steps. The coordinator [`watch_members`]: a consistent listing,
 //! then a watch that resumes from the last delivered revision after a
 //! reconnect and re-lists after compaction. Without etcd endpoints the
-//! cluster keeps its embedded static membership ([`MembershipMode::Static`]).
+//! cluster keeps its embedded static membership (the callers decide).
 
 #![warn(missing_docs)]
 
@@ -18,7 +18,7 @@ mod member;
 mod register;
 mod watch;
 
-pub use config::{EtcdConfig, EtcdTls, MembershipMode, TlsIdentity};
+pub use config::{EtcdConfig, EtcdTls, TlsIdentity};
 pub use error::MembershipError;
 pub use member::MemberInfo;
 pub use register::{register, Registration};

@@ -127,22 +127,6 @@ pub(crate) fn long_path(b: &CudaBackend, head_dim: usize) -> LongPath {
     }
 }
 
-/// Every sequence of `batch` with `n_tokens > 0` through the long-sequence path (the
-/// same result as [`super::attn::paged_attention_prefill`]); `paged_attention` sends it
-/// the long ones.
-pub fn paged_attention_prefill_gemm(
-    b: &CudaBackend,
-    q: &DeviceBuffer<bf16>,
-    cache: &PagedKvCache,
-    batch: &PagedBatch,
-    n_heads: usize,
-    out: &mut DeviceBuffer<bf16>,
-) -> Result<(), CudaError> {
-    let all: Vec<usize> = (0..batch.num_seqs).collect();
-    let path = long_path(b, cache.head_dim());
-    prefill_gemm_seqs(b, q, cache, batch, n_heads, (&all, path), out)
-}
-
 /// The sequences `which` of `batch` through `path`.
 pub(crate) fn prefill_gemm_seqs(
     b: &CudaBackend,

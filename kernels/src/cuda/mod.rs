@@ -36,7 +36,6 @@ mod source_flash;
 mod tensor;
 
 pub use attn::PagedKvCache;
-pub use attn_gemm::paged_attention_prefill_gemm;
 pub use batch::{PagedBatch, SeqSpec};
 pub use check::{copy_bandwidth, gemm_tflops, run_kernel_checks, CheckResult};
 pub use device::{

@@ -259,16 +259,7 @@ fn time_decode(
             b.synchronize().map_err(|e| e.to_string())?;
             t0 = Instant::now();
         }
-        let seqs: Vec<SeqInput<'_>> = tables
-            .iter()
-            .zip(&next)
-            .map(|(t, tok)| SeqInput {
-                tokens: std::slice::from_ref(tok),
-                start_pos: pos,
-                block_table: t,
-                want_logits: true,
-            })
-            .collect();
+        let seqs = decode_inputs(&tables, &next, pos);
         let h0 = Instant::now();
         let out = m.forward(b, &seqs, None).map_err(|e| e.to_string())?;
         if step >= 2 {
@@ -285,16 +276,7 @@ fn time_decode(
     let ms = t0.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64;
     let host_ms = host * 1e3 / steps.max(1) as f64;
     // One more step, profiled.
-    let seqs: Vec<SeqInput<'_>> = tables
-        .iter()
-        .zip(&next)
-        .map(|(t, tok)| SeqInput {
-            tokens: std::slice::from_ref(tok),
-            start_pos: pos,
-            block_table: t,
-            want_logits: true,
-        })
-        .collect();
+    let seqs = decode_inputs(&tables, &next, pos);
     let profile = profiled(b, || {
         let out = m.forward(b, &seqs, None).map_err(|e| e.to_string())?;
         m.greedy(b, &out).map_err(|e| e.to_string())
@@ -305,6 +287,20 @@ fn time_decode(
         mean_ctx: pos - steps / 2,
         profile,
     })
+}
+
+/// One decode step's inputs: each sequence's next token at `pos`.
+fn decode_inputs<'a>(tables: &'a [Vec<u32>], next: &'a [u32], pos: usize) -> Vec<SeqInput<'a>> {
+    tables
+        .iter()
+        .zip(next)
+        .map(|(t, tok)| SeqInput {
+            tokens: std::slice::from_ref(tok),
+            start_pos: pos,
+            block_table: t,
+            want_logits: true,
+        })
+        .collect()
 }
 
 /// What [`time_decode`] measured.
