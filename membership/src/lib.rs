@@ -21,5 +21,5 @@ mod watch;
 pub use config::{EtcdConfig, EtcdTls, TlsIdentity};
 pub use error::MembershipError;
 pub use member::MemberInfo;
-pub use register::{register, Registration};
+pub use register::{register, register_succeeding, Registration};
 pub use watch::{watch_members, MemberWatch, MembershipEvent, WATCH_CHANNEL_CAPACITY};

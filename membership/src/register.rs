@@ -37,6 +37,29 @@ pub struct Registration {
 /// does not exist. If another worker holds the rank, the lease is revoked and
 /// the error is [`MembershipError::RankTaken`] naming the holder.
 pub async fn register(cfg: &EtcdConfig, info: MemberInfo) -> Result<Registration, MembershipError> {
+    claim(cfg, info, false).await
+}
+
+/// [`register`], except that a rank held by a record of this worker's own
+/// address (`info.address`, another instance) is taken over at once instead of
+/// refused. The caller listens on that address, so the process that claimed the
+/// rank from it is gone: a worker restarted in place replaces its dead
+/// predecessor, whose lease would otherwise hold the rank for up to a TTL. The
+/// record is replaced only if it is still the one read (same modification
+/// revision), and the predecessor's lease is then revoked, so that it would
+/// fence itself if it were somehow still running.
+pub async fn register_succeeding(
+    cfg: &EtcdConfig,
+    info: MemberInfo,
+) -> Result<Registration, MembershipError> {
+    claim(cfg, info, true).await
+}
+
+async fn claim(
+    cfg: &EtcdConfig,
+    info: MemberInfo,
+    succeed: bool,
+) -> Result<Registration, MembershipError> {
     let client = connect(cfg).await?;
     let key = cfg.rank_key(info.rank);
     let value = info.encode()?;
@@ -58,25 +81,21 @@ pub async fn register(cfg: &EtcdConfig, info: MemberInfo) -> Result<Registration
             grant.ttl()
         )));
     }
-
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.clone(),
-            value,
-            Some(PutOptions::new().with_lease(lease_id)),
-        )]);
-    let created = match timed("register txn", rt, client.kv_client().txn(txn)).await {
-        Ok(resp) => resp.succeeded(),
-        Err(e) => {
-            // The put may have happened; revoking the lease removes it.
-            revoke_quietly(&client, lease_id, rt).await;
-            return Err(e);
-        }
+    let put = Put {
+        client: &client,
+        key: &key,
+        value,
+        lease_id,
+        limit: rt,
     };
+    let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+    let mut created = put.when(absent).await?;
+    if !created && succeed {
+        created = take_over(&put, &info, cfg).await?;
+    }
     if !created {
         revoke_quietly(&client, lease_id, rt).await;
-        let holder = read_holder(&client, &key, cfg, rt).await;
+        let holder = read_record(&client, &key, cfg, rt).await.map(|(m, ..)| m);
         return Err(MembershipError::RankTaken {
             rank: info.rank,
             holder: holder.map(Box::new),
@@ -210,6 +229,61 @@ impl Drop for Registration {
     }
 }
 
+/// The claim's put, made under a condition.
+struct Put<'a> {
+    client: &'a Client,
+    key: &'a str,
+    value: Vec<u8>,
+    lease_id: i64,
+    limit: Duration,
+}
+
+impl Put<'_> {
+    /// Puts the claim if `cond` holds; whether it did. On an error the put may
+    /// have happened: the lease is revoked, which removes it.
+    async fn when(&self, cond: Compare) -> Result<bool, MembershipError> {
+        let txn = Txn::new().when([cond]).and_then([TxnOp::put(
+            self.key,
+            self.value.clone(),
+            Some(PutOptions::new().with_lease(self.lease_id)),
+        )]);
+        match timed("register txn", self.limit, self.client.kv_client().txn(txn)).await {
+            Ok(resp) => Ok(resp.succeeded()),
+            Err(e) => {
+                revoke_quietly(self.client, self.lease_id, self.limit).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Replaces the rank's record if another instance of this same address holds
+/// it (see [`register_succeeding`]); whether it did.
+async fn take_over(
+    put: &Put<'_>,
+    info: &MemberInfo,
+    cfg: &EtcdConfig,
+) -> Result<bool, MembershipError> {
+    let Some((holder, revision, lease)) = read_record(put.client, put.key, cfg, put.limit).await
+    else {
+        return Ok(false);
+    };
+    if holder.address != info.address || holder.instance == info.instance {
+        return Ok(false);
+    }
+    let same = Compare::mod_revision(put.key, CompareOp::Equal, revision);
+    if !put.when(same).await? {
+        return Ok(false);
+    }
+    tracing::warn!(
+        rank = info.rank,
+        predecessor = %holder.instance,
+        "took the rank over from the previous worker on this address"
+    );
+    revoke_quietly(put.client, lease, put.limit).await;
+    Ok(true)
+}
+
 async fn revoke_owned(
     mut lease: etcd_client::LeaseClient,
     lease_id: i64,
@@ -228,17 +302,19 @@ pub(crate) async fn revoke_quietly(client: &Client, lease_id: i64, limit: Durati
     }
 }
 
-/// Reads the current holder of `key` for the RankTaken error; best effort.
-async fn read_holder(
+/// Reads the record under `key`: its holder, modification revision and lease;
+/// best effort.
+async fn read_record(
     client: &Client,
     key: &str,
     cfg: &EtcdConfig,
     limit: Duration,
-) -> Option<MemberInfo> {
+) -> Option<(MemberInfo, i64, i64)> {
     let resp = timed("read holder", limit, client.kv_client().get(key, None))
         .await
         .ok()?;
     let kv = resp.kvs().first()?;
     let rank = rank_of_key(&cfg.ranks_prefix(), kv.key())?;
-    MemberInfo::decode(rank, kv.value()).ok()
+    let info = MemberInfo::decode(rank, kv.value()).ok()?;
+    Some((info, kv.mod_revision(), kv.lease()))
 }

@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config, key_exists, member, wait_until, EtcdServer};
-use weft_membership::{register, watch_members, MembershipError, MembershipEvent};
+use weft_membership::{
+    register, register_succeeding, watch_members, MembershipError, MembershipEvent,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rank_is_create_if_absent() {
@@ -53,6 +55,57 @@ async fn rank_is_create_if_absent() {
     c.shutdown().await.expect("shutdown c");
     let left = client.lease_client().leases().await.expect("leases");
     assert!(left.leases().is_empty(), "shutdown revokes the leases");
+}
+
+/// A worker restarted on its predecessor's address takes the rank over at once;
+/// a worker of another address still cannot; the predecessor's lease is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_on_the_same_address_takes_over_at_once() {
+    let etcd = EtcdServer::start().await;
+    // Waiting out this TTL would fail the 5 s bound below; renewals every 3 s.
+    let cfg = config(etcd.endpoint(), "/weft/succeed", 9);
+    let client = etcd.client().await;
+    let dead = register(&cfg, member(0, "old"))
+        .await
+        .expect("first holder");
+
+    let mut elsewhere = member(0, "other");
+    elsewhere.address = "10.0.0.99:7000".into();
+    match register_succeeding(&cfg, elsewhere).await {
+        Err(MembershipError::RankTaken { rank: 0, .. }) => {}
+        other => panic!("another address must not take the rank: {other:?}"),
+    }
+    match register(&cfg, member(0, "new")).await {
+        Err(MembershipError::RankTaken { rank: 0, .. }) => {}
+        other => panic!("plain register never takes over: {other:?}"),
+    }
+
+    let started = Instant::now();
+    let new = register_succeeding(&cfg, member(0, "new"))
+        .await
+        .expect("the successor takes over");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let got = client
+        .kv_client()
+        .get(cfg.rank_key(0), None)
+        .await
+        .expect("get");
+    let kv = got.kvs().first().expect("the rank is held");
+    assert_eq!(
+        kv.lease(),
+        new.lease_id(),
+        "held under the successor's lease"
+    );
+    assert!(String::from_utf8_lossy(kv.value()).contains("\"new\""));
+    // The predecessor's lease is gone: were it alive, it would fence itself.
+    wait_until(
+        "the predecessor fences",
+        Duration::from_secs(10),
+        || async { dead.fenced() },
+    )
+    .await;
+    assert!(!new.fenced());
+    new.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,7 +97,9 @@ pub async fn claim(c: Claim<'_>) -> Result<RankLease, WorkerError> {
 }
 
 /// Registers, waiting out a claim that may be a dead worker's: its key goes when its
-/// lease lapses, so a rank still held after two TTLs is really someone else's.
+/// lease lapses, so a rank still held after two TTLs is really someone else's. A claim
+/// made from this worker's own address is its dead predecessor's and is taken over at
+/// once (this worker listens there now).
 #[cfg(feature = "etcd")]
 async fn claim_patiently(
     cfg: &weft_membership::EtcdConfig,
@@ -107,7 +109,7 @@ async fn claim_patiently(
     let patience = 2 * cfg.lease_ttl + std::time::Duration::from_secs(1);
     let start = tokio::time::Instant::now();
     loop {
-        match weft_membership::register(cfg, info.clone()).await {
+        match weft_membership::register_succeeding(cfg, info.clone()).await {
             Ok(reg) => return Ok(reg),
             Err(e @ MembershipError::RankTaken { .. }) if start.elapsed() < patience => {
                 tracing::info!(error = %e, "rank held; waiting for the claim to lapse");
