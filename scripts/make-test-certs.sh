@@ -4,6 +4,9 @@
 #   coordinator.{pem,key}     the coordinator (--tls-cert/--tls-key; workers
 #                             pin coordinator.pem with --coordinator-cert)
 #   worker.{pem,key}          a worker (signed by the CA)
+#   etcd.{pem,key}            etcd's server certificate (--etcd-ca is ca.pem;
+#                             coordinator and workers use their own as
+#                             etcd client certificates)
 #   rogue-ca.pem, rogue.{pem,key}
 #                             a certificate from another CA, for negative tests
 # Every leaf is valid for 127.0.0.1 and localhost (plus the names given in
@@ -45,6 +48,7 @@ EXT
 ca ca "weft test cluster CA"
 leaf coordinator weft-coordinator ca
 leaf worker weft-worker ca
+leaf etcd etcd ca
 ca rogue-ca "some other CA"
 leaf rogue weft-worker rogue-ca
 rm -f ./*.srl

@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,19 +24,6 @@ impl Drop for Killed {
         signal(self.0.id(), libc::SIGKILL);
         let _ = self.0.wait();
     }
-}
-
-fn certs(dir: &Path) -> PathBuf {
-    let out = Command::new(common::repo_root().join("scripts/make-test-certs.sh"))
-        .arg(dir)
-        .output()
-        .expect("run make-test-certs.sh (needs openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.to_path_buf()
 }
 
 fn free_port() -> u16 {
@@ -125,7 +112,7 @@ async fn health_as(dir: &Path, name: Option<&str>, port: u16) -> Result<(), Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_certified_workers_join_and_only_the_coordinator_calls_them() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = certs(tmp.path());
+    let dir = common::test_certs(tmp.path(), None);
     let cluster_port = free_port();
     let mut coord = Command::new(bin("weft-coordinator"))
         .args(["--model", &model_path().display().to_string(), "--tp", "1"])

@@ -98,3 +98,17 @@ pub fn recovered_after(r: &Value) -> f64 {
         .fold(f64::INFINITY, f64::min)
         - fault_s
 }
+
+/// When the first request sent after the fault got its first token, in seconds
+/// after the fault: when the group served again.
+pub fn first_token_after(r: &Value) -> f64 {
+    let fault_s = r["fault"]["started_s"].as_f64().expect("fault time");
+    r["request_log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter(|e| e["sent_s"].as_f64() >= Some(fault_s))
+        .filter_map(|e| Some(e["sent_s"].as_f64()? + e["ttft_ms"].as_f64()? / 1000.0))
+        .fold(f64::INFINITY, f64::min)
+        - fault_s
+}

@@ -53,6 +53,26 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A test PKI made by scripts/make-test-certs.sh in `dir` (needs openssl): the
+/// cluster CA, coordinator, worker and etcd certificates, and a rogue CA's.
+/// `san_extra` adds subject names to every leaf (e.g. `"IP:10.77.0.1"`).
+pub fn test_certs(dir: &Path, san_extra: Option<&str>) -> PathBuf {
+    let mut cmd = Command::new(repo_root().join("scripts/make-test-certs.sh"));
+    cmd.arg(dir);
+    if let Some(san) = san_extra {
+        cmd.env("SAN_EXTRA", san);
+    }
+    let out = cmd
+        .output()
+        .expect("run make-test-certs.sh (needs openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_path_buf()
+}
+
 /// Process ids whose parent is `pid`.
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
