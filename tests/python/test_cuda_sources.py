@@ -44,7 +44,7 @@ def programs() -> dict[str, tuple[str, list[str]]]:
     parts = {
         "COMMON": raw_string("source.rs", "COMMON"),
         "ELEMENTWISE": raw_string("source.rs", "ELEMENTWISE"),
-        "SAMPLING": raw_string("source.rs", "SAMPLING"),
+        "SAMPLING": raw_string("source_sampling.rs", "SAMPLING"),
         "ATTENTION": raw_string("source_attn.rs", "ATTENTION"),
         "FLASH": raw_string("source_flash.rs", "FLASH"),
     }

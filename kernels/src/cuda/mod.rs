@@ -33,6 +33,7 @@ mod profile;
 mod source;
 mod source_attn;
 mod source_flash;
+mod source_sampling;
 mod tensor;
 
 pub use attn::PagedKvCache;
