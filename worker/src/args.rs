@@ -54,6 +54,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
     #[command(flatten)]
+    pub comm_tls: crate::tls::CommTlsArgs,
+    #[command(flatten)]
     pub etcd: crate::membership::EtcdArgs,
     /// With TLS: the coordinator's certificate (PEM); only a client
     /// presenting exactly this certificate may call this worker.

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use weft_model::checkpoint::Checkpoint;
-use weft_model::comm::{Communicator, SingleRank, TcpComm, TcpCommConfig};
+use weft_model::comm::{CommTls, Communicator, SingleRank, TcpComm, TcpCommConfig};
 use weft_model::llama::RankModel;
 use weft_model::shard::{read_shard, Shard, ShardPlan};
 use weft_proto::cluster::v1 as pb;
@@ -43,6 +43,8 @@ struct State {
     shutdown: Arc<Notify>,
     /// Mutual TLS for calls to the coordinator (shard streaming).
     tls: Option<ClusterTls>,
+    /// Mutual TLS on the collective between CPU ranks.
+    comm_tls: Option<CommTls>,
     /// When the coordinator last called (the self-fencing watchdog's input).
     contact: Arc<Contact>,
     /// This process's random id, sent at registration.
@@ -59,13 +61,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a [`WorkerService`] is made of besides its arguments.
+pub struct ServiceParts {
+    pub comm_listener: std::net::TcpListener,
+    pub shutdown: Arc<Notify>,
+    /// Mutual TLS for calls to the coordinator.
+    pub tls: Option<ClusterTls>,
+    /// Mutual TLS on the collective between CPU ranks.
+    pub comm_tls: Option<CommTls>,
+    pub contact: Arc<Contact>,
+    /// This process's random id.
+    pub instance: u64,
+}
+
 impl WorkerService {
-    pub fn new(
-        args: &WorkerArgs,
-        comm_listener: std::net::TcpListener,
-        shutdown: Arc<Notify>,
-        (tls, contact, instance): (Option<ClusterTls>, Arc<Contact>, u64),
-    ) -> Self {
+    pub fn new(args: &WorkerArgs, parts: ServiceParts) -> Self {
+        let ServiceParts {
+            comm_listener,
+            shutdown,
+            tls,
+            comm_tls,
+            contact,
+            instance,
+        } = parts;
         WorkerService {
             state: Arc::new(State {
                 rank: args.rank,
@@ -77,6 +95,7 @@ impl WorkerService {
                 engine: Mutex::new(None),
                 shutdown,
                 tls,
+                comm_tls,
                 contact,
                 instance,
             }),
@@ -120,6 +139,7 @@ impl WorkerService {
             ));
         }
         let device = self.state.device.clone();
+        let comm_tls = self.state.comm_tls.clone();
         let kv = (kv_block_size as usize, kv_num_blocks as usize);
         let (backend, kv_blocks) =
             tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
@@ -131,11 +151,7 @@ impl WorkerService {
                     return gpu_backend(&cfg, &shard, ordinal, &device, kv, nccl);
                 }
                 let model = RankModel::from_shard(&cfg, &shard)?;
-                let comm: Box<dyn Communicator> = if world == 1 {
-                    Box::new(SingleRank)
-                } else {
-                    Box::new(TcpComm::connect(listener, comm_cfg, req.session)?)
-                };
+                let comm = cpu_comm(listener, comm_cfg, req.session, comm_tls.as_ref())?;
                 let backend = Backend::Cpu {
                     model: Box::new(model),
                     comm,
@@ -217,6 +233,22 @@ fn comm_config(
         connect_timeout: Duration::from_secs(60),
         op_timeout: timeout,
     })
+}
+
+/// The communicator of a CPU rank: the TCP collective (over mutual TLS
+/// when configured) with more than one rank.
+fn cpu_comm(
+    listener: std::net::TcpListener,
+    cfg: TcpCommConfig,
+    session: u64,
+    tls: Option<&CommTls>,
+) -> Result<Box<dyn Communicator>, WorkerError> {
+    if cfg.world_size == 1 {
+        return Ok(Box::new(SingleRank));
+    }
+    Ok(Box::new(TcpComm::connect_with_tls(
+        listener, cfg, session, tls,
+    )?))
 }
 
 #[tonic::async_trait]
@@ -392,13 +424,19 @@ pub async fn run(
             )),
             (None, _) => None,
         };
+    let comm_tls = tls::comm_tls(tls.as_ref(), &args.comm_tls)?;
     let contact = Contact::new();
     let instance = new_instance();
     let service = WorkerService::new(
         &args,
-        comm_listener,
-        stop.clone(),
-        (tls.clone(), contact.clone(), instance),
+        ServiceParts {
+            comm_listener,
+            shutdown: stop.clone(),
+            tls: tls.clone(),
+            comm_tls,
+            contact: contact.clone(),
+            instance,
+        },
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut builder = tonic::transport::Server::builder();

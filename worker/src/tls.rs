@@ -7,6 +7,12 @@
 //! only to the coordinator: the client certificate must be exactly the one
 //! given with `--coordinator-cert`. `scripts/make-test-certs.sh` makes a
 //! test CA and certificates.
+//!
+//! The collective between CPU ranks (activations) then runs over mutual TLS
+//! too, with the same certificate, key and CA: rank 0 admits only ranks
+//! presenting a certificate the CA signed, and the other ranks check that
+//! rank 0's certificate names the IP address of rank 0's comm listener (or
+//! `--comm-tls-name`). `--comm-plaintext` keeps the collective in clear.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
 use tonic::{Request, Status};
+use weft_model::comm::CommTls;
 
 /// The TLS flags shared by the coordinator and the workers.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -31,6 +38,22 @@ pub struct TlsArgs {
     /// The cluster CA (PEM): peers must present a certificate it signed.
     #[arg(long, env = "WEFT_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
+}
+
+/// TLS on the collective between CPU ranks (with cluster TLS only).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CommTlsArgs {
+    /// With cluster TLS: the name rank 0's certificate must carry on the
+    /// collective (a DNS name, e.g. a service's) instead of the IP address
+    /// of rank 0's comm listener, for certificates that do not name each
+    /// host.
+    #[arg(long, env = "WEFT_COMM_TLS_NAME", requires = "tls_cert")]
+    pub comm_tls_name: Option<String>,
+    /// With cluster TLS: keep the collective between ranks in clear anyway
+    /// (activations, which reveal prompts, cross the network unencrypted,
+    /// and any host that reaches a comm port may try to join a group).
+    #[arg(long, env = "WEFT_COMM_PLAINTEXT", default_value_t = false)]
+    pub comm_plaintext: bool,
 }
 
 /// Why TLS material cannot be used.
@@ -98,12 +121,53 @@ impl ClusterTls {
             .client_ca_root(self.ca.clone())
     }
 
+    /// Mutual TLS for the collective between ranks, from the same files;
+    /// `name` overrides the name checked on rank 0's certificate.
+    pub fn comm(&self, name: Option<&str>) -> Result<CommTls, TlsError> {
+        let (Some(cert), Some(key), Some(ca)) =
+            (&self.args.tls_cert, &self.args.tls_key, &self.args.tls_ca)
+        else {
+            return Err(TlsError::Config(
+                "collective TLS needs --tls-cert, --tls-key and --tls-ca".into(),
+            ));
+        };
+        let comm = CommTls::from_pem(&read(cert)?, &read(key)?, &read(ca)?)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        match name {
+            Some(n) => comm
+                .with_server_name(n)
+                .map_err(|e| TlsError::Config(e.to_string())),
+            None => Ok(comm),
+        }
+    }
+
     /// A client that presents this identity and trusts only the CA.
     pub fn client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(self.ca.clone())
             .identity(self.identity.clone())
     }
+}
+
+/// Mutual TLS on the collective between CPU ranks: on with cluster TLS, with
+/// the same files, unless `--comm-plaintext` (then a warning, once).
+pub fn comm_tls(tls: Option<&ClusterTls>, args: &CommTlsArgs) -> Result<Option<CommTls>, TlsError> {
+    let Some(t) = tls else {
+        return Ok(None);
+    };
+    if args.comm_plaintext {
+        if let Some(name) = &args.comm_tls_name {
+            return Err(TlsError::Config(format!(
+                "--comm-tls-name {name:?} has no use with --comm-plaintext"
+            )));
+        }
+        tracing::warn!(
+            "--comm-plaintext: the collective between ranks (activations) runs in clear \
+             although the cluster API uses TLS"
+        );
+        return Ok(None);
+    }
+    t.comm(args.comm_tls_name.as_deref()).map(Some)
 }
 
 /// The URL of a cluster service at `addr`: https with TLS.

@@ -5,7 +5,8 @@
 //! live here:
 //!
 //! * [`SingleRank`]: world size 1, every op is a copy or a no-op;
-//! * [`TcpComm`]: CPU ranks connected over TCP (blocking std sockets, meant for the dedicated forward-pass thread).
+//! * [`TcpComm`]: CPU ranks connected over TCP (blocking std sockets, meant for the dedicated forward-pass thread),
+//!   in clear or, with [`CommTls`], over mutual TLS.
 //!
 //! # Failure model
 //!
@@ -19,6 +20,7 @@ mod handshake;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 mod tcp;
+mod tls;
 mod wire;
 
 #[cfg(test)]
@@ -27,6 +29,7 @@ mod tests;
 use std::time::Duration;
 
 pub use tcp::{TcpComm, TcpCommConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
+pub use tls::{CommTls, CommTlsError};
 
 /// Errors of group formation and of collectives.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,12 @@ pub enum CommError {
     /// A local argument is inconsistent (buffer lengths, config fields).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// TLS failed on the connection to `peer`: a certificate that the cluster CA did not sign or that does not name
+    /// rank 0, a TLS alert from the peer, or one side of the group in TLS and the other in clear. On rank 0 while
+    /// forming the group, `peer` is the first rank still missing when the connect timeout ran out and `message`
+    /// names the connection that failed TLS.
+    #[error("TLS with rank {peer}: {message}")]
+    Tls { peer: usize, message: String },
     /// Rank 0 refused this rank's handshake (wrong session token, world size, rank, or the group failed to form).
     #[error("handshake with rank {peer} rejected: {reason}")]
     HandshakeRejected { peer: usize, reason: String },

@@ -5,21 +5,23 @@
 //! sends a *response* (header + data) to every rank > 0. Because ranks > 0 only write and then read, and rank 0
 //! first reads everything and then writes, no two sides ever block on full socket buffers against each other.
 //!
+//! With [`CommTls`] every connection is mutual TLS (rank 0 the server, the others clients); the protocol inside is
+//! the same.
+//!
 //! All-reduce sums in rank order in f32 on rank 0 (`((b0 + b1) + b2) + ...`, element-wise) and ships the result
 //! bits, so every rank holds bit-identical values.
 
-use std::io::Read;
-use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
-use super::conn::{map_io, Conn};
+use super::conn::Conn;
 use super::handshake::{accept_all, connect_to_root};
 use super::wire::{
     le_bytes, truncate_utf8, Header, OpCode, ABORT_OTHER, ABORT_PROTOCOL, MAX_REASON,
 };
-use super::{check_gather_len, check_root, CommError, Communicator};
+use super::{check_gather_len, check_root, CommError, CommTls, Communicator};
 
 /// Default [`TcpCommConfig::connect_timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -171,26 +173,42 @@ impl TcpComm {
     /// rank 0 accepts a connection from every other rank; the others connect to `peers[0]`, retrying until
     /// `connect_timeout` since ranks start at different times. The handshake checks protocol version, rank, world
     /// size and `session`; rank 0 rejects (and keeps waiting past) stray or stale connections. `connect` returns on
-    /// every rank only once the whole group is formed. A rank > 0 drops its listener unused.
+    /// every rank only once the whole group is formed. A rank > 0 drops its listener unused. The connections are
+    /// plain TCP: see [`TcpComm::connect_with_tls`].
     pub fn connect(
         listener: TcpListener,
         config: TcpCommConfig,
         session: u64,
+    ) -> Result<Self, CommError> {
+        Self::connect_with_tls(listener, config, session, None)
+    }
+
+    /// [`TcpComm::connect`], over mutual TLS when `tls` is given (every rank of the group must agree): rank 0
+    /// accepts only ranks presenting a certificate the cluster CA signed (a connection that fails TLS is dropped
+    /// like a stray one, and named in the error if the group then fails to form); a rank > 0 checks rank 0's
+    /// certificate against the CA and the IP address of `peers[0]` (or [`CommTls::with_server_name`]'s name). The
+    /// handshake and every collective message run inside TLS.
+    pub fn connect_with_tls(
+        listener: TcpListener,
+        config: TcpCommConfig,
+        session: u64,
+        tls: Option<&CommTls>,
     ) -> Result<Self, CommError> {
         config.validate()?;
         let started = Instant::now();
         let conns = if config.world_size == 1 {
             Vec::new()
         } else if config.rank == 0 {
-            accept_all(&listener, &config, session)?
+            accept_all(&listener, &config, session, tls)?
         } else {
             drop(listener);
-            vec![connect_to_root(&config, session)?]
+            vec![connect_to_root(&config, session, tls)?]
         };
-        debug!(
+        info!(
             rank = config.rank,
             world_size = config.world_size,
             session,
+            tls = tls.is_some(),
             elapsed = ?started.elapsed(),
             "tcp communicator connected"
         );
@@ -270,9 +288,9 @@ impl TcpComm {
             if notify && conn.peer != info.by && conn.tx_clean {
                 let _ = conn.send(&header, reason.as_bytes(), "abort", self.op_timeout);
             }
-            // FIN after the abort; the read side stays open so unread data does not turn into a reset that could
-            // destroy the abort before the peer reads it.
-            let _ = conn.stream().shutdown(Shutdown::Write);
+            // FIN (after close_notify under TLS) after the abort; the read side stays open so unread data does not
+            // turn into a reset that could destroy the abort before the peer reads it.
+            conn.close_write();
         }
     }
 
@@ -296,9 +314,7 @@ impl TcpComm {
                 )));
             }
             let mut bytes = vec![0u8; n];
-            conn.reader
-                .read_exact(&mut bytes)
-                .map_err(|e| map_io(e, op, peer, after))?;
+            conn.recv_bytes(&mut bytes, op, after)?;
             let info = AbortInfo {
                 by: h.from as usize,
                 kind: h.kind,
@@ -354,9 +370,10 @@ impl TcpComm {
 
     /// Rank 0, after reading rank `conns[i].peer`'s request: a rank sends nothing more before it has the response
     /// unless it gave up (timeout, local error) and sent an abort. If bytes are already buffered, fail now rather
-    /// than complete a collective the other rank has abandoned. Free: it only looks at the read buffer.
+    /// than complete a collective the other rank has abandoned. Cheap: it only looks at what was already received
+    /// (under TLS it decrypts records already in the read buffer).
     fn check_nothing_pending(&mut self, i: usize, call: Call) -> Result<(), CommError> {
-        if self.conns[i].reader.buffer().is_empty() {
+        if !self.conns[i].has_pending(call.op.name(), self.op_timeout)? {
             return Ok(());
         }
         self.recv_checked(i, call, call.request_payload(self.conns[i].peer))?;

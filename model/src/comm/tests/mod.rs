@@ -1,9 +1,10 @@
 //! Tests of the collectives: [`ops`] checks results, [`failures`] protocol errors and dead or stalled peers,
-//! [`formation`] the handshake and group formation.
+//! [`formation`] the handshake and group formation, [`tls`] all of that over mutual TLS.
 
 mod failures;
 mod formation;
 mod ops;
+mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::thread;
@@ -43,6 +44,15 @@ where
     R: Send,
     F: Fn(&mut TcpComm) -> R + Sync,
 {
+    group_with(n, op_timeout, None, f)
+}
+
+/// [`group`], over mutual TLS when `tls` is given (every rank with the same settings).
+fn group_with<R, F>(n: usize, op_timeout: Duration, tls: Option<&CommTls>, f: F) -> Vec<R>
+where
+    R: Send,
+    F: Fn(&mut TcpComm) -> R + Sync,
+{
     let (ls, addrs) = listeners(n);
     let out: Vec<(R, TcpComm)> = thread::scope(|s| {
         let handles: Vec<_> = ls
@@ -51,8 +61,8 @@ where
             .map(|(rank, l)| {
                 let (addrs, f) = (&addrs, &f);
                 s.spawn(move || {
-                    let mut comm =
-                        TcpComm::connect(l, config(rank, addrs, op_timeout), SESSION).unwrap();
+                    let cfg = config(rank, addrs, op_timeout);
+                    let mut comm = TcpComm::connect_with_tls(l, cfg, SESSION, tls).unwrap();
                     assert_eq!(comm.rank(), rank);
                     assert_eq!(comm.world_size(), n);
                     (f(&mut comm), comm)
