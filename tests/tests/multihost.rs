@@ -2,8 +2,8 @@
 //! stand for five hosts: the coordinator on the first, one worker of a TP=3
 //! SmolLM2 group on each of the next three, and etcd on the last, every
 //! listener on its host's own address. Everything inside is mutual TLS: the
-//! cluster API, and every client of etcd (certificates from
-//! scripts/make-test-certs.sh). The workers claim their ranks in etcd under a
+//! cluster API, the collective between the ranks, and every client of etcd
+//! (certificates from scripts/make-test-certs.sh). The workers claim their ranks in etcd under a
 //! 3 s lease. Each worker runs under a restart loop, as systemd or Kubernetes
 //! would run it.
 //!
@@ -473,6 +473,16 @@ fn tp3_across_hosts_heals_after_kill_stall_lost_link_and_stopped_etcd() {
         "listens on its host's address"
     );
     assert_eq!(m.health(), Some(200));
+    for rank in 0..3 {
+        let log = std::fs::read_to_string(d.join(format!("worker{rank}.log"))).expect("log");
+        let formed = log
+            .lines()
+            .find(|l| l.contains("tcp communicator connected"));
+        assert!(
+            formed.is_some_and(|l| l.contains("tls=true")),
+            "rank {rank}: the collective is not TLS: {formed:?}"
+        );
+    }
     etcd_admits_only_certified_workers(&m);
     let exp = record_expected(&m, d);
 
