@@ -154,6 +154,11 @@ pub struct NetArgs {
     /// Address of the internal cluster API that workers call.
     #[arg(long, env = "WEFT_CLUSTER_LISTEN", default_value = "127.0.0.1:50052")]
     pub cluster_listen: SocketAddr,
+    /// With --etcd-endpoints: the host (IP or DNS name) workers reach the cluster API
+    /// at, announced in etcd with the cluster port; default the --cluster-listen IP
+    /// (required when that is 0.0.0.0 or [::]).
+    #[arg(long, env = "WEFT_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
     /// Seconds to wait for every rank to register.
     #[arg(long, env = "WEFT_REGISTER_TIMEOUT", default_value_t = 120)]
     pub register_timeout_s: u64,

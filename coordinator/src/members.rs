@@ -1,12 +1,16 @@
-//! The ranks' claims in etcd, watched (`--etcd-endpoints`, cargo feature `etcd`). A
+//! The coordinator in etcd (`--etcd-endpoints`, cargo feature `etcd`): its own record,
+//! announced for the workers to find it ([`announce`]), and the ranks' claims, watched. A
 //! rank whose key goes away (its worker's lease lapsed, or the worker exited) while the
 //! group serves has left it: health goes NOT_SERVING at once, which makes the
 //! supervisor end the requests in flight and re-form the group, without waiting for a
 //! step deadline or a health check to find out. The watch resumes after a reconnect
 //! and re-lists after compaction (weft-membership).
 
+use std::net::SocketAddr;
+
 use tokio_util::sync::CancellationToken;
 use weft_worker::membership::EtcdArgs;
+use weft_worker::tls::ClusterTls;
 
 use crate::health::Health;
 use crate::CoordinatorError;
@@ -75,5 +79,60 @@ fn left(health: &Health, rank: u32) {
         health.set_not_serving(format!(
             "rank {rank} left etcd: its worker's lease lapsed or it exited"
         ));
+    }
+}
+
+/// The coordinator's record in etcd, renewed while this value lives.
+pub struct Announced {
+    #[cfg(feature = "etcd")]
+    _announcement: Option<weft_membership::Announcement>,
+}
+
+/// What the coordinator announces: where workers register, and which process.
+pub struct Announce<'a> {
+    pub etcd: &'a EtcdArgs,
+    pub cluster_addr: SocketAddr,
+    pub advertise: Option<&'a str>,
+    pub tls: Option<&'a ClusterTls>,
+    pub instance: u64,
+}
+
+/// Announces the cluster API's URL in etcd when endpoints are given.
+pub fn announce(a: Announce<'_>) -> Result<Announced, CoordinatorError> {
+    if a.etcd.etcd_endpoints.is_empty() {
+        return Ok(Announced {
+            #[cfg(feature = "etcd")]
+            _announcement: None,
+        });
+    }
+    let host = match (a.advertise, a.cluster_addr.ip()) {
+        (Some(h), _) => h.to_string(),
+        (None, ip) if ip.is_unspecified() => {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "--cluster-listen {} cannot be announced in etcd: give --cluster-advertise",
+                a.cluster_addr
+            )))
+        }
+        (None, std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        (None, ip) => ip.to_string(),
+    };
+    let url = weft_worker::tls::url(&format!("{host}:{}", a.cluster_addr.port()), a.tls);
+    #[cfg(feature = "etcd")]
+    {
+        let info = weft_membership::CoordinatorInfo {
+            url,
+            instance: format!("{:016x}", a.instance),
+        };
+        let cfg = weft_worker::membership::config(a.etcd);
+        Ok(Announced {
+            _announcement: Some(weft_membership::announce(cfg, info)),
+        })
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (url, a.instance);
+        Err(CoordinatorError::InvalidArgument(
+            "--etcd-endpoints: this coordinator was built without the `etcd` feature".into(),
+        ))
     }
 }

@@ -31,6 +31,8 @@ pub struct Registry {
     complete: watch::Sender<bool>,
     ckpt: Arc<Checkpoint>,
     plan: Arc<ShardPlan>,
+    /// This coordinator process's random id (never 0).
+    instance: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -38,12 +40,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Registry {
+    /// This coordinator process's random id, told to every worker that registers.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
     pub fn new(world: usize, ckpt: Arc<Checkpoint>, plan: Arc<ShardPlan>) -> Arc<Self> {
         let (complete, _) = watch::channel(false);
         Arc::new(Registry {
             world,
             members: Mutex::new(vec![None; world]),
             complete,
+            instance: new_instance(),
             ckpt,
             plan,
         })
@@ -139,6 +147,7 @@ impl pb::coordinator_server::Coordinator for RegistryService {
         self.0.register(request.get_ref())?;
         Ok(Response::new(pb::RegisterResponse {
             world_size: self.0.world as u32,
+            coordinator_instance: self.0.instance,
         }))
     }
 
@@ -198,4 +207,12 @@ fn stream_shard(reg: &Registry, rank: usize, tx: mpsc::Sender<Result<pb::ShardCh
             "reading the shard failed: {e}"
         ))));
     }
+}
+
+/// A random, non-zero id of this process.
+fn new_instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }

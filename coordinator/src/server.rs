@@ -237,6 +237,13 @@ pub async fn run(
         .serve_with_incoming(TcpListenerStream::new(listeners.cluster));
     let cluster_task = tokio::spawn(cluster_server);
     let coordinator_url = weft_worker::tls::url(&cluster_addr.to_string(), tls.as_ref());
+    let _announced = crate::members::announce(crate::members::Announce {
+        etcd: &args.etcd,
+        cluster_addr,
+        advertise: args.net.cluster_advertise.as_deref(),
+        tls: tls.as_ref(),
+        instance: registry.instance(),
+    })?;
     let mut local = spawn_local_workers(&args, &coordinator_url, tls.as_ref())?;
 
     tracing::info!(

@@ -9,7 +9,8 @@ mod common;
 #[path = "../../membership/tests/common/mod.rs"]
 mod etcd;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -222,4 +223,107 @@ async fn a_serving_group_survives_a_revoked_lease_and_a_stopped_etcd() {
         &dir.path().join("after.json"),
     );
     assert!(ok, "{err}\n{}", r["requests"]);
+}
+
+/// A coordinator announcing itself in etcd (TTL 3 s), no local workers; returns it
+/// and a receiver of its ready line's addresses.
+fn coordinator(endpoint: &str) -> (Child, std::sync::mpsc::Receiver<(SocketAddr, SocketAddr)>) {
+    let model = common::model_path();
+    let mut child = Command::new(bin("weft-coordinator"))
+        .args(["--model", model.to_str().expect("utf-8 path"), "--tp", "3"])
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--cluster-listen", "127.0.0.1:0"])
+        .args(["--etcd-endpoints", endpoint, "--etcd-prefix", FOLLOW_PREFIX])
+        .args(["--etcd-lease-ttl-s", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weft-coordinator");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addrs) = common::parse_ready_line(&line) {
+                let _ = tx.send(addrs);
+            }
+        }
+    });
+    (child, rx)
+}
+
+const FOLLOW_PREFIX: &str = "/weft/follow-test";
+
+/// Rank `rank` without `--coordinator`, restarted whenever it exits, in a process
+/// group of its own (killed whole on drop). Its silence limit (60 s) is far beyond
+/// the test's bounds: only etcd can tell it its coordinator changed.
+struct WorkerLoop(Child);
+
+impl WorkerLoop {
+    fn start(endpoint: &str, rank: u32) -> WorkerLoop {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("while :; do \"$0\" \"$@\"; sleep 0.2; done")
+            .arg(bin("weft-worker"))
+            .args(["--rank", &rank.to_string(), "--threads", "1"])
+            .args(["--listen", "127.0.0.1:0", "--comm-listen", "127.0.0.1:0"])
+            .args(["--etcd-endpoints", endpoint, "--etcd-prefix", FOLLOW_PREFIX])
+            .args(["--etcd-lease-ttl-s", "3", "--coordinator-silence-s", "60"])
+            .args(["--register-timeout-s", "120"])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a worker loop");
+        WorkerLoop(child)
+    }
+}
+
+impl Drop for WorkerLoop {
+    fn drop(&mut self) {
+        // SAFETY: signals the process group this test created.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn serves(grpc: SocketAddr, json: std::path::PathBuf) {
+    let (ok, r, err) =
+        common::load::load_at(None, grpc, &["--max-tokens", "4", "--requests", "2"], &json);
+    assert!(ok, "{err}\n{}", r["requests"]);
+}
+
+/// Workers given no coordinator address find it in etcd. When it dies and a new one
+/// starts elsewhere (another cluster port), the workers leave the dead one as soon as
+/// the new one is announced, and the new one serves within 15 s of its start.
+#[test]
+fn workers_find_the_coordinator_in_etcd_and_follow_a_new_one() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = rt.block_on(etcd::EtcdServer::start());
+    let endpoint = server.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut first, ready) = coordinator(&endpoint);
+    let _loops: Vec<WorkerLoop> = (0..3).map(|r| WorkerLoop::start(&endpoint, r)).collect();
+    let (grpc, _) = ready
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the workers found the first coordinator");
+    serves(grpc, dir.path().join("first.json"));
+
+    common::signal(first.id(), libc::SIGKILL);
+    let _ = first.wait();
+    let started = Instant::now();
+    let (mut second, ready) = coordinator(&endpoint);
+    let (grpc2, _) = ready
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the workers followed the new coordinator");
+    let took = started.elapsed();
+    eprintln!(
+        "the new coordinator served {:.1} s after it started",
+        took.as_secs_f64()
+    );
+    assert_ne!(grpc, grpc2);
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    serves(grpc2, dir.path().join("second.json"));
+    common::signal(second.id(), libc::SIGKILL);
+    let _ = second.wait();
 }

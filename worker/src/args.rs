@@ -14,8 +14,9 @@ use weft_kernels::Device;
 )]
 pub struct WorkerArgs {
     /// Address of the coordinator's cluster service, e.g. http://127.0.0.1:50052.
+    /// Optional with --etcd-endpoints: then the coordinator's record in etcd says.
     #[arg(long, env = "WEFT_COORDINATOR")]
-    pub coordinator: String,
+    pub coordinator: Option<String>,
     /// Tensor-parallel rank this worker claims.
     #[arg(long, env = "WEFT_RANK")]
     pub rank: u32,

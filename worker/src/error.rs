@@ -31,6 +31,8 @@ pub enum WorkerError {
     Membership(String),
     #[error("fenced: the rank's lease in etcd lapsed (exiting to claim it again)")]
     LeaseLapsed,
+    #[error("fenced: a new coordinator is announced in etcd (exiting to register with it)")]
+    CoordinatorReplaced,
     #[error("engine thread is gone")]
     EngineGone,
     #[error("io error: {0}")]

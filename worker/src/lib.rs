@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod convert;
+pub mod discovery;
 pub mod engine;
 pub mod error;
 #[cfg(feature = "cuda")]

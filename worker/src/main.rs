@@ -15,9 +15,8 @@ fn main() -> anyhow::Result<()> {
         args,
         weft_worker::process::shutdown_signal(),
     ));
-    if let Err(e @ (weft_worker::WorkerError::Fenced(_) | weft_worker::WorkerError::LeaseLapsed)) =
-        &result
-    {
+    use weft_worker::WorkerError as E;
+    if let Err(e @ (E::Fenced(_) | E::LeaseLapsed | E::CoordinatorReplaced)) = &result {
         // Calls may still hang on the lost network (and the engine thread in a
         // collective): exit now instead of waiting for the runtime to wind down.
         eprintln!("Error: {e}");

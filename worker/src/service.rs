@@ -18,6 +18,7 @@ use weft_proto::cluster::v1::worker_server::{Worker, WorkerServer};
 
 use crate::args::DeviceArgs;
 use crate::convert::config_from_proto;
+use crate::discovery::CoordinatorSource;
 use crate::engine::{Backend, EngineConfig, EngineHandle};
 use crate::tls::{self, ClusterTls, PinnedPeer};
 use crate::watchdog::Contact;
@@ -476,16 +477,19 @@ pub async fn run(
         args: &args.etcd,
     })
     .await?;
-    tokio::select! {
-        r = register(&args, (worker_addr, comm_addr, instance), tls.as_ref()) => r?,
+    let source = CoordinatorSource::new(args.coordinator.as_deref(), &args.etcd).await?;
+    let addrs = (worker_addr, comm_addr, instance);
+    let (coordinator, seen) = tokio::select! {
+        r = crate::discovery::register(&args, &source, addrs, tls.as_ref()) => r?,
         _ = lease.lapsed() => return Err(WorkerError::LeaseLapsed),
-    }
+    };
     tracing::info!(rank = args.rank, %worker_addr, %comm_addr, "registered with the coordinator");
     // Fenced, this worker leaves at once: a graceful stop would wait for calls whose
     // answers cannot get through (the coordinator is out of reach).
-    tokio::select! {
+    let replaced = tokio::select! {
         r = server => {
             r.map_err(|e| WorkerError::NotReady(format!("server task failed: {e}")))??;
+            false
         }
         _ = fence_on_silence(contact, args.coordinator_silence_s) => {
             return Err(WorkerError::Fenced(args.coordinator_silence_s));
@@ -494,8 +498,13 @@ pub async fn run(
             tracing::error!("the rank's lease in etcd lapsed: this worker stops serving and exits");
             return Err(WorkerError::LeaseLapsed);
         }
-    }
+        _ = source.replaced(coordinator, seen) => true,
+    };
+    // Both ends give the rank back at once, for this worker's successor to claim.
     lease.release().await;
+    if replaced {
+        return Err(WorkerError::CoordinatorReplaced);
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -530,44 +539,6 @@ fn advertised(bound: SocketAddr, host: Option<IpAddr>) -> Result<SocketAddr, Wor
             "listening on {bound}, which no peer can dial: give --advertise-host"
         ))),
         None => Ok(bound),
-    }
-}
-
-async fn register(
-    args: &WorkerArgs,
-    (worker_addr, comm_addr, instance): (SocketAddr, SocketAddr, u64),
-    tls: Option<&ClusterTls>,
-) -> Result<(), WorkerError> {
-    use pb::coordinator_client::CoordinatorClient;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.register_timeout_s);
-    loop {
-        let attempt = async {
-            let mut client = CoordinatorClient::new(tls::connect(&args.coordinator, tls).await?);
-            client
-                .register(pb::RegisterRequest {
-                    rank: args.rank,
-                    worker_addr: worker_addr.to_string(),
-                    comm_addr: comm_addr.to_string(),
-                    device: match args.device.device {
-                        Device::Cpu => pb::DeviceKind::Cpu,
-                        Device::Cuda(_) => pb::DeviceKind::Cuda,
-                    } as i32,
-                    instance,
-                })
-                .await?;
-            Ok::<(), WorkerError>(())
-        };
-        match attempt.await {
-            Ok(()) => return Ok(()),
-            Err(WorkerError::Rpc(s)) if s.code() != tonic::Code::Unavailable => {
-                return Err(WorkerError::Rpc(s))
-            }
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(e) => {
-                tracing::debug!(error = %e, "coordinator not reachable yet, retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
     }
 }
 
