@@ -104,57 +104,47 @@ fn invalid_local_arguments_abort_the_group() {
     }
 }
 
-const SHORT: Duration = Duration::from_millis(500);
-
-/// Bound on how long a rank may take to notice a dead or stalled peer.
-fn within_op_timeout(elapsed: Duration) -> bool {
-    elapsed < SHORT + Duration::from_millis(400)
+/// A group of `n` where rank `quitter` drops its communicator after one all-reduce while the others start a
+/// second one: each other rank's error and how long it took to come (`None` for the quitter).
+pub(super) fn drop_out(
+    n: usize,
+    quitter: usize,
+    tls: Option<&CommTls>,
+) -> Vec<Option<(CommError, Duration)>> {
+    owned_group(n, SHORT, tls, |rank, mut c| {
+        let mut buf = vec![1.0f32; 1000];
+        c.all_reduce_sum(&mut buf).unwrap();
+        assert_eq!(buf[0], n as f32);
+        if rank == quitter {
+            drop(c);
+            return None;
+        }
+        let t = Instant::now();
+        let e = c.all_reduce_sum(&mut buf).unwrap_err();
+        Some((e, t.elapsed()))
+    })
 }
 
 #[test]
 fn peer_that_drops_out_fails_the_others_within_op_timeout() {
     for (n, quitter) in [(2, 1), (3, 2), (3, 1), (3, 0), (4, 0)] {
-        let (ls, addrs) = listeners(n);
-        thread::scope(|s| {
-            let handles: Vec<_> = ls
-                .into_iter()
-                .enumerate()
-                .map(|(rank, l)| {
-                    let addrs = &addrs;
-                    s.spawn(move || {
-                        let mut c =
-                            TcpComm::connect(l, config(rank, addrs, SHORT), SESSION).unwrap();
-                        let mut buf = vec![1.0f32; 1000];
-                        c.all_reduce_sum(&mut buf).unwrap();
-                        assert_eq!(buf[0], n as f32);
-                        if rank == quitter {
-                            drop(c);
-                            return None;
-                        }
-                        let t = Instant::now();
-                        let e = c.all_reduce_sum(&mut buf).unwrap_err();
-                        Some((e, t.elapsed()))
-                    })
-                })
-                .collect();
-            for (rank, h) in handles.into_iter().enumerate() {
-                if let Some((e, el)) = h.join().unwrap() {
-                    assert!(
-                        matches!(
-                            e,
-                            CommError::PeerClosed { .. }
-                                | CommError::Aborted { .. }
-                                | CommError::Timeout { .. }
-                        ),
-                        "n={n} quitter={quitter} rank={rank}: {e:?}"
-                    );
-                    assert!(
-                        within_op_timeout(el),
-                        "n={n} quitter={quitter} rank={rank}: took {el:?}"
-                    );
-                }
+        for (rank, r) in drop_out(n, quitter, None).into_iter().enumerate() {
+            if let Some((e, el)) = r {
+                assert!(
+                    matches!(
+                        e,
+                        CommError::PeerClosed { .. }
+                            | CommError::Aborted { .. }
+                            | CommError::Timeout { .. }
+                    ),
+                    "n={n} quitter={quitter} rank={rank}: {e:?}"
+                );
+                assert!(
+                    within_op_timeout(el),
+                    "n={n} quitter={quitter} rank={rank}: took {el:?}"
+                );
             }
-        });
+        }
     }
 }
 
@@ -162,41 +152,23 @@ fn peer_that_drops_out_fails_the_others_within_op_timeout() {
 fn stalled_peer_times_out_within_op_timeout() {
     for (n, staller) in [(3, 2), (3, 0)] {
         let start = Barrier::new(n);
-        let results = {
-            let (ls, addrs) = listeners(n);
-            thread::scope(|s| {
-                let handles: Vec<_> = ls
-                    .into_iter()
-                    .enumerate()
-                    .map(|(rank, l)| {
-                        let (addrs, start) = (&addrs, &start);
-                        s.spawn(move || {
-                            let mut c =
-                                TcpComm::connect(l, config(rank, addrs, SHORT), SESSION).unwrap();
-                            start.wait();
-                            let mut buf = vec![1.0f32; 100];
-                            if rank == staller {
-                                // Alive but late: by the time it arrives the group has given up.
-                                thread::sleep(SHORT * 2 + Duration::from_millis(100));
-                                return c.all_reduce_sum(&mut buf);
-                            }
-                            let t = Instant::now();
-                            let e = c.all_reduce_sum(&mut buf).unwrap_err();
-                            let el = t.elapsed();
-                            assert!(
-                                within_op_timeout(el),
-                                "n={n} staller={staller} rank={rank}: took {el:?}"
-                            );
-                            Err(e)
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .collect::<Vec<_>>()
-            })
-        };
+        let results = owned_group(n, SHORT, None, |rank, mut c| {
+            start.wait();
+            let mut buf = vec![1.0f32; 100];
+            if rank == staller {
+                // Alive but late: by the time it arrives the group has given up.
+                thread::sleep(SHORT * 2 + Duration::from_millis(100));
+                return c.all_reduce_sum(&mut buf);
+            }
+            let t = Instant::now();
+            let e = c.all_reduce_sum(&mut buf).unwrap_err();
+            let el = t.elapsed();
+            assert!(
+                within_op_timeout(el),
+                "n={n} staller={staller} rank={rank}: took {el:?}"
+            );
+            Err(e)
+        });
         for (rank, r) in results.iter().enumerate() {
             let e = r.as_ref().unwrap_err();
             if rank != staller {

@@ -53,8 +53,23 @@ where
     R: Send,
     F: Fn(&mut TcpComm) -> R + Sync,
 {
+    let out: Vec<(R, TcpComm)> = owned_group(n, op_timeout, tls, |rank, mut comm| {
+        assert_eq!(comm.rank(), rank);
+        assert_eq!(comm.world_size(), n);
+        (f(&mut comm), comm)
+    });
+    out.into_iter().map(|(r, _)| r).collect()
+}
+
+/// Forms a group of `n` ranks on threads (over mutual TLS when `tls` is given) and runs `f(rank, comm)` on each;
+/// `f` owns the communicator, so it can drop it. Returns the results in rank order.
+fn owned_group<R, F>(n: usize, op_timeout: Duration, tls: Option<&CommTls>, f: F) -> Vec<R>
+where
+    R: Send,
+    F: Fn(usize, TcpComm) -> R + Sync,
+{
     let (ls, addrs) = listeners(n);
-    let out: Vec<(R, TcpComm)> = thread::scope(|s| {
+    thread::scope(|s| {
         let handles: Vec<_> = ls
             .into_iter()
             .enumerate()
@@ -62,16 +77,23 @@ where
                 let (addrs, f) = (&addrs, &f);
                 s.spawn(move || {
                     let cfg = config(rank, addrs, op_timeout);
-                    let mut comm = TcpComm::connect_with_tls(l, cfg, SESSION, tls).unwrap();
-                    assert_eq!(comm.rank(), rank);
-                    assert_eq!(comm.world_size(), n);
-                    (f(&mut comm), comm)
+                    f(
+                        rank,
+                        TcpComm::connect_with_tls(l, cfg, SESSION, tls).unwrap(),
+                    )
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    out.into_iter().map(|(r, _)| r).collect()
+    })
+}
+
+/// Op timeout of the dead / stalled peer tests.
+const SHORT: Duration = Duration::from_millis(500);
+
+/// Bound on how long a rank may take to notice a dead or stalled peer.
+fn within_op_timeout(elapsed: Duration) -> bool {
+    elapsed < SHORT + Duration::from_millis(400)
 }
 
 /// Values spanning several magnitudes so that the summation order shows in the low bits.

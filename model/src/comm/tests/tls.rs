@@ -57,9 +57,6 @@ fn rogue(trusts_rogue_ca: bool) -> CommTls {
 
 /// Short connect timeout of the tests where a group must fail to form.
 const CONNECT_SHORT: Duration = Duration::from_millis(1500);
-/// Op timeout of the dead / stalled peer tests.
-const SHORT: Duration = Duration::from_millis(500);
-
 /// Forms a group where rank r uses `tls[r]` (None: plaintext); returns each rank's outcome.
 fn try_group(tls: &[Option<CommTls>]) -> Vec<Result<TcpComm, CommError>> {
     let (ls, addrs) = listeners(tls.len());
@@ -83,30 +80,13 @@ fn try_group(tls: &[Option<CommTls>]) -> Vec<Result<TcpComm, CommError>> {
     })
 }
 
-/// Forms a TLS group of `n` with `op_timeout` and runs `f(rank, comm)` on each rank's thread (`f` owns the
-/// communicator, so it can drop it).
+/// [`owned_group`] over mutual TLS with the cluster's certificates.
 fn run_tls_group<R, F>(n: usize, op_timeout: Duration, f: F) -> Vec<R>
 where
     R: Send,
     F: Fn(usize, TcpComm) -> R + Sync,
 {
-    let tls = cluster();
-    let (ls, addrs) = listeners(n);
-    thread::scope(|s| {
-        let handles: Vec<_> = ls
-            .into_iter()
-            .enumerate()
-            .map(|(rank, l)| {
-                let (addrs, tls, f) = (&addrs, &tls, &f);
-                s.spawn(move || {
-                    let cfg = config(rank, addrs, op_timeout);
-                    let c = TcpComm::connect_with_tls(l, cfg, SESSION, Some(tls)).unwrap();
-                    f(rank, c)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    owned_group(n, op_timeout, Some(&cluster()), f)
 }
 
 fn tls_message(r: &Result<TcpComm, CommError>, peer: usize, what: &str) -> String {
@@ -262,26 +242,10 @@ fn tls_rank_cannot_join_a_plaintext_group() {
     assert!(t.elapsed() < CONNECT_SHORT + Duration::from_secs(2));
 }
 
-/// Bound on how long a rank may take to notice a dead or stalled peer.
-fn within_op_timeout(elapsed: Duration) -> bool {
-    elapsed < SHORT + Duration::from_millis(400)
-}
-
 #[test]
 fn tls_peer_that_drops_out_is_peer_closed() {
     for quitter in [0, 1] {
-        let r = run_tls_group(2, SHORT, |rank, mut c| {
-            let mut buf = vec![1.0f32; 1000];
-            c.all_reduce_sum(&mut buf).unwrap();
-            assert_eq!(buf[0], 2.0);
-            if rank == quitter {
-                drop(c);
-                return None;
-            }
-            let t = Instant::now();
-            let e = c.all_reduce_sum(&mut buf).unwrap_err();
-            Some((e, t.elapsed()))
-        });
+        let r = super::failures::drop_out(2, quitter, Some(&cluster()));
         let (e, el) = r[1 - quitter].as_ref().unwrap();
         assert!(
             matches!(e, CommError::PeerClosed { peer } if *peer == quitter),
