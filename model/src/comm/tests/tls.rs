@@ -306,26 +306,3 @@ fn tls_mismatch_aborts_every_rank_promptly() {
         );
     }
 }
-
-/// Loopback cost of TLS, side by side with plaintext; run with
-/// `cargo test --release -p weft-model comm::tests::tls::tls_latency -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn tls_latency() {
-    let tls = cluster();
-    for len in [576usize, 8192, 50_000, 1 << 20] {
-        let iters = (4_000_000 / len).clamp(20, 2000) as u32;
-        let bench = |c: &mut TcpComm| {
-            let mut buf = vec![1.0f32; len];
-            c.barrier().unwrap();
-            let t = Instant::now();
-            for _ in 0..iters {
-                c.all_reduce_sum(&mut buf).unwrap();
-            }
-            t.elapsed() / iters
-        };
-        let plain = group(2, OP, bench)[0];
-        let secure = group_with(2, OP, Some(&tls), bench)[0];
-        println!("n=2 len={len}: all_reduce plaintext {plain:?}/op, TLS {secure:?}/op");
-    }
-}
