@@ -105,18 +105,7 @@ pub fn announce(a: Announce<'_>) -> Result<Announced, CoordinatorError> {
             _announcement: None,
         });
     }
-    let host = match (a.advertise, a.cluster_addr.ip()) {
-        (Some(h), _) => h.to_string(),
-        (None, ip) if ip.is_unspecified() => {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "--cluster-listen {} cannot be announced in etcd: give --cluster-advertise",
-                a.cluster_addr
-            )))
-        }
-        (None, std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-        (None, ip) => ip.to_string(),
-    };
-    let url = weft_worker::tls::url(&format!("{host}:{}", a.cluster_addr.port()), a.tls);
+    let url = announced_url(a.cluster_addr, a.advertise, a.tls.is_some())?;
     #[cfg(feature = "etcd")]
     {
         let info = weft_membership::CoordinatorInfo {
@@ -134,5 +123,56 @@ pub fn announce(a: Announce<'_>) -> Result<Announced, CoordinatorError> {
         Err(CoordinatorError::InvalidArgument(
             "--etcd-endpoints: this coordinator was built without the `etcd` feature".into(),
         ))
+    }
+}
+
+/// The cluster API's URL as workers dial it: `--cluster-advertise` (or the listen IP,
+/// which must then be a real one) with the listen port.
+fn announced_url(
+    cluster_addr: SocketAddr,
+    advertise: Option<&str>,
+    tls: bool,
+) -> Result<String, CoordinatorError> {
+    let host = match (advertise, cluster_addr.ip()) {
+        (Some(h), _) => h.to_string(),
+        (None, ip) if ip.is_unspecified() => {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "--cluster-listen {cluster_addr} cannot be announced in etcd: give --cluster-advertise"
+            )))
+        }
+        (None, std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        (None, ip) => ip.to_string(),
+    };
+    let scheme = if tls { "https" } else { "http" };
+    Ok(format!("{scheme}://{host}:{}", cluster_addr.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_url_names_a_dialable_host() {
+        let url = |addr: &str, adv, tls| announced_url(addr.parse().unwrap(), adv, tls);
+        assert_eq!(
+            url("10.0.0.5:50052", None, false).unwrap(),
+            "http://10.0.0.5:50052"
+        );
+        assert_eq!(
+            url("10.0.0.5:50052", None, true).unwrap(),
+            "https://10.0.0.5:50052"
+        );
+        assert_eq!(
+            url("[fd00::5]:50052", None, true).unwrap(),
+            "https://[fd00::5]:50052"
+        );
+        assert_eq!(
+            url("0.0.0.0:50052", Some("coord.weft.svc"), true).unwrap(),
+            "https://coord.weft.svc:50052"
+        );
+        for any in ["0.0.0.0:50052", "[::]:50052"] {
+            let e = url(any, None, false).unwrap_err().to_string();
+            assert!(e.contains("--cluster-advertise"), "{e}");
+        }
     }
 }
